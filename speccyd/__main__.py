@@ -1,0 +1,3 @@
+from speccyd.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""Deleting audio: the periodic expiry sweep and `speccyd purge` share one routine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from speccyd.blobs import Blobs
+from speccyd.store import FileRow, PurgeFilter, Store
+
+log = logging.getLogger(__name__)
+
+# Rows deleted per transaction: the write lock is held for milliseconds, so requests never queue behind it.
+BATCH = 200
+LAST_CLEANUP = "last_cleanup"
+
+
+def purge(
+    store: Store,
+    blobs: Blobs,
+    what: PurgeFilter,
+    now: float,
+    progress: Callable[[list[FileRow]], None] | None = None,
+) -> list[FileRow]:
+    """Delete matching rows, then their audio: no row ever points at a missing file."""
+    removed: list[FileRow] = []
+    while True:
+        rows = store.delete_purge(what, now, BATCH)
+        for row in rows:
+            blobs.remove(row.id, row.format)
+        removed.extend(rows)
+        if progress is not None:
+            progress(rows)
+        if len(rows) < BATCH:
+            return removed
+
+
+def expire(store: Store, blobs: Blobs) -> int:
+    """One cleanup pass: remove expired audio and record when it ran."""
+    now = time.time()
+    removed = purge(store, blobs, PurgeFilter(expired=True), now)
+    store.set_meta(LAST_CLEANUP, repr(now))
+    return len(removed)
+
+
+async def cleanup_loop(store: Store, blobs: Blobs, interval: float) -> None:
+    while True:
+        try:
+            count = await store.run(expire, store, blobs)
+            log.info("cleanup removed %d expired files", count)
+        except Exception:
+            log.exception("cleanup failed; trying again in %.0fs", interval)
+        await asyncio.sleep(interval)

@@ -1,0 +1,103 @@
+"""Server secrets on disk, and what is derived from them: key lookup, key encryption, signatures."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+SESSION_KEY_FILE = "session.key"
+ENCRYPTION_KEY_FILE = "encryption.key"
+_KEY_BYTES = 32
+_NONCE_BYTES = 12  # AES-GCM's standard nonce size; random nonces are safe far beyond our key count
+
+
+class SecretsError(Exception):
+    """Secrets are missing or unreadable."""
+
+
+def _subkey(master: bytes, label: str) -> bytes:
+    # One master secret per purpose on disk; distinct subkeys so a signature of one kind never
+    # validates as another (a file URL signature is never a JWT signature).
+    return hmac.new(master, label.encode(), hashlib.sha256).digest()
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write atomically with mode 0600 from the first byte, so a crash never leaves a half key."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def new_secret() -> bytes:
+    return secrets.token_bytes(_KEY_BYTES)
+
+
+@dataclass(frozen=True)
+class ServerSecrets:
+    session_key: bytes
+    encryption_key: bytes
+
+    @classmethod
+    def load(cls, directory: Path) -> ServerSecrets:
+        try:
+            session = (directory / SESSION_KEY_FILE).read_bytes()
+            encryption = (directory / ENCRYPTION_KEY_FILE).read_bytes()
+        except OSError as e:
+            raise SecretsError(f"cannot read secrets in {directory}: {e.strerror}; run `speccyd init`") from None
+        if len(session) != _KEY_BYTES or len(encryption) != _KEY_BYTES:
+            raise SecretsError(f"secrets in {directory} are damaged; run `speccyd init --force`")
+        return cls(session, encryption)
+
+    @classmethod
+    def generate(cls) -> ServerSecrets:
+        return cls(new_secret(), new_secret())
+
+    def save(self, directory: Path) -> None:
+        write_secret_file(directory / SESSION_KEY_FILE, self.session_key)
+        write_secret_file(directory / ENCRYPTION_KEY_FILE, self.encryption_key)
+
+    @property
+    def jwt_key(self) -> bytes:
+        return _subkey(self.session_key, "speccyd jwt v1")
+
+    @property
+    def url_key(self) -> bytes:
+        return _subkey(self.session_key, "speccyd file url v1")
+
+    def key_lookup_hash(self, openai_key: str) -> str:
+        """HMAC-SHA256 of an OpenAI key: finds the user without storing anything reversible."""
+        lookup = _subkey(self.encryption_key, "speccyd key lookup v1")
+        return hmac.new(lookup, openai_key.encode(), hashlib.sha256).hexdigest()
+
+    def encrypt_key(self, openai_key: str, user_id: str) -> bytes:
+        """AES-GCM with the user id as associated data, so a ciphertext cannot be moved to another user."""
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        aead = AESGCM(_subkey(self.encryption_key, "speccyd key encryption v1"))
+        return nonce + aead.encrypt(nonce, openai_key.encode(), user_id.encode())
+
+    def decrypt_key(self, blob: bytes, user_id: str) -> str | None:
+        aead = AESGCM(_subkey(self.encryption_key, "speccyd key encryption v1"))
+        try:
+            return aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], user_id.encode()).decode()
+        except (InvalidTag, ValueError):
+            return None
+
+    def sign_file_url(self, file_id: str, user_id: str, expires: int) -> str:
+        mac = hmac.new(self.url_key, f"{file_id}\n{user_id}\n{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def check_file_url(self, file_id: str, user_id: str, expires: int, signature: str) -> bool:
+        return hmac.compare_digest(self.sign_file_url(file_id, user_id, expires), signature)

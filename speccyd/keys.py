@@ -1,0 +1,22 @@
+"""Everything that lives on the application, as typed keys: the one place to look."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from speccyd.blobs import Blobs
+from speccyd.crypto import ServerSecrets
+from speccyd.ratelimit import RateLimiter
+from speccyd.settings import Settings
+from speccyd.store import Store
+from speccyd.synth import JobManager
+from speccyd.upstream import Upstream
+
+SETTINGS = web.AppKey("settings", Settings)
+SECRETS = web.AppKey("secrets", ServerSecrets)
+STORE = web.AppKey("store", Store)
+BLOBS = web.AppKey("blobs", Blobs)
+UPSTREAM = web.AppKey("upstream", Upstream)
+JOBS = web.AppKey("jobs", JobManager)
+GENERATE_LIMIT = web.AppKey("generate_limit", RateLimiter)
+AUTH_FAILURE_LIMIT = web.AppKey("auth_failure_limit", RateLimiter)

@@ -1,0 +1,47 @@
+"""Token buckets per key (user id, client address): steady rate, bursts up to one minute's worth."""
+
+from __future__ import annotations
+
+import math
+import time
+
+
+class RateLimiter:
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_minute > 0
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, updated = self._buckets.get(key, (float(self.per_minute), now))
+        return min(float(self.per_minute), tokens + (now - updated) * self._rate)
+
+    def retry_after(self, key: str) -> int:
+        """0 when a request may go ahead now, else whole seconds until one may."""
+        if not self.enabled:
+            return 0
+        tokens = self._tokens(key, time.monotonic())
+        return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self._rate))
+
+    def take(self, key: str) -> int:
+        """Spend one token; returns 0 on success, else the Retry-After seconds (nothing spent)."""
+        if not self.enabled:
+            return 0
+        now = time.monotonic()
+        tokens = self._tokens(key, now)
+        if tokens < 1:
+            return max(1, math.ceil((1 - tokens) / self._rate))
+        self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > 10_000:
+            self._forget_full(now)
+        return 0
+
+    def _forget_full(self, now: float) -> None:
+        # A bucket that has refilled is the same as no bucket; dropping them bounds memory.
+        full = [k for k in self._buckets if self._tokens(k, now) >= self.per_minute]
+        for key in full:
+            del self._buckets[key]

@@ -1,0 +1,97 @@
+"""Running the app: logging, the access log, signals and a bounded graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from speccyd import __version__
+from speccyd.app import create_app
+from speccyd.settings import Settings
+
+log = logging.getLogger("speccyd")
+
+# Defence in depth: whatever a library logs, keys, bearer tokens and URL signatures never reach the log.
+_SECRET_PATTERNS = [
+    (re.compile(r"sk-[A-Za-z0-9_\-]{6,}"), "sk-[redacted]"),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+"), r"\1[redacted]"),
+    (re.compile(r"(?i)([?&](?:sig|token)=)[^&\s]+"), r"\1[redacted]"),
+]
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for pattern, replacement in _SECRET_PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: the path without its query string, so no signature is ever logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %d %d %.1fms",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time * 1000,
+        )
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The SDK's HTTP client logs request lines (with our headers at debug); keep it at warnings.
+    for noisy in ("httpx", "httpx2", "openai", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("speccyd.access"),
+        shutdown_timeout=settings.shutdown_timeout,
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            log.info(
+                "speccyd %s listening on http://%s:%d (data dir %s)",
+                __version__,
+                host,
+                port,
+                settings.data_dir,
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests (at most %.0fs)", settings.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    asyncio.run(_serve(settings))

@@ -1,0 +1,272 @@
+"""One Settings object, from CLI flags > SPECCY_<KEY> environment > config.toml > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "SPECCY_"
+CONFIG_FILE = "config.toml"
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used; the message names the key and where the value came from."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "500ms", "3s", "10m", "1.5h" or "7d"; a unit is required so "7" is never ambiguous."""
+    if not isinstance(value, str):
+        raise ValueError("expected a duration string such as '30s', '10m', '7d'")
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"cannot parse duration {value!r} (use a number and one of ms, s, m, h, d)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _int(low: int, high: int | None = None) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number")
+        if isinstance(value, str):
+            if not value.strip().lstrip("-").isdigit():
+                raise ValueError(f"expected a whole number, got {value!r}")
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValueError("expected a whole number")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _switch(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"on", "true", "yes", "1"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"off", "false", "no", "0"}:
+        return False
+    raise ValueError(f"expected 'on' or 'off', got {value!r}")
+
+
+def _rate_limit(value: object) -> int:
+    """Requests per minute per user; 0 means off."""
+    if isinstance(value, str) and value.strip().lower() in {"off", "0"}:
+        return 0
+    return _int(1)(value)
+
+
+def _url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a URL string")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _host(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a host name or IP address")
+    return value.strip()
+
+
+def _interfaces(value: object) -> tuple[str, ...]:
+    """ "all", or IP addresses as a TOML list or a comma-separated string."""
+    if isinstance(value, str):
+        if value.strip().lower() == "all":
+            return ()
+        items: list[object] = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ValueError("expected 'all' or a list of IP addresses")
+    addresses = []
+    for item in items:
+        try:
+            addresses.append(str(ipaddress.ip_address(str(item).strip())))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+    if not addresses:
+        raise ValueError("expected 'all' or at least one IP address")
+    return tuple(addresses)
+
+
+def _log_level(value: object) -> str:
+    levels = ("debug", "info", "warning", "error")
+    if not isinstance(value, str) or value.strip().lower() not in levels:
+        raise ValueError(f"expected one of {', '.join(levels)}, got {value!r}")
+    return value.strip().lower()
+
+
+@dataclass(frozen=True)
+class Spec:
+    parse: Callable[[object], Any]
+    default: str
+    doc: str
+
+
+# The single table of settings: parsing, defaults and the comments written into config.toml.
+SPECS: dict[str, Spec] = {
+    "host": Spec(_host, "0.0.0.0", "Address to listen on; 0.0.0.0 serves the whole LAN."),
+    "port": Spec(_int(0, 65535), "8420", "TCP port (0 picks a free one and logs it)."),
+    "openai_base_url": Spec(
+        _url, "https://api.openai.com/v1", "Upstream OpenAI-compatible API (OPENAI_BASE_URL is honoured too)."
+    ),
+    "retention": Spec(parse_duration, "7d", "How long audio is kept after its last request (s, m, h, d)."),
+    "cleanup_interval": Spec(parse_duration, "10m", "How often expired audio is deleted."),
+    "max_text_chars": Spec(_int(1), "100000", "Longest text accepted by POST /tts/generate."),
+    "session_ttl": Spec(parse_duration, "30d", "Lifetime of a session token issued by /auth/verify."),
+    "upstream_concurrency": Spec(_int(1, 256), "4", "Upstream calls in flight at once, for all users."),
+    "upstream_attempts": Spec(_int(1, 20), "4", "Tries per upstream call for 429, 5xx and network errors."),
+    "retry_backoff": Spec(parse_duration, "1s", "First retry delay; doubles each attempt (capped at 30s)."),
+    "upstream_timeout": Spec(parse_duration, "60s", "Longest wait for the upstream to send the next bytes."),
+    "rate_limit": Spec(_rate_limit, "60", "Generate requests per minute per user; 'off' disables."),
+    "auth_rate_limit": Spec(_int(1), "10", "Failed sign-ins per minute per client address before 429."),
+    "shutdown_timeout": Spec(parse_duration, "10s", "How long in-flight responses may take at shutdown."),
+    "mdns": Spec(_switch, "on", "Advertise _speccy._tcp on the LAN (on/off)."),
+    "mdns_interfaces": Spec(_interfaces, "all", "'all' or a list of IP addresses to announce on."),
+    "log_level": Spec(_log_level, "info", "debug, info, warning or error."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str
+    port: int
+    openai_base_url: str
+    retention: float
+    cleanup_interval: float
+    max_text_chars: int
+    session_ttl: float
+    upstream_concurrency: int
+    upstream_attempts: int
+    retry_backoff: float
+    upstream_timeout: float
+    rate_limit: int
+    auth_rate_limit: int
+    shutdown_timeout: float
+    mdns: bool
+    mdns_interfaces: tuple[str, ...]
+    log_level: str
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "speccyd.db"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.data_dir / "audio"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get("SPECCY_DATA_DIR"):
+        return Path(env["SPECCY_DATA_DIR"]).expanduser()
+    import platformdirs  # imported here so `speccyd --help` stays fast
+
+    return Path(platformdirs.user_data_dir("speccyd", appauthor=False))
+
+
+def _read_config(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise SettingsError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def load_settings(
+    data_dir: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every key from its highest-precedence source, naming that source in any error."""
+    env = os.environ if env is None else env
+    data_dir = (data_dir or default_data_dir(env)).expanduser().absolute()
+    raw: dict[str, tuple[object, str]] = {key: (spec.default, "default") for key, spec in SPECS.items()}
+
+    config_path = data_dir / CONFIG_FILE
+    for key, value in _read_config(config_path).items():
+        if key not in SPECS:
+            raise SettingsError(f"{key}: unknown setting (from {config_path})")
+        raw[key] = (value, str(config_path))
+
+    if env.get("OPENAI_BASE_URL"):
+        raw["openai_base_url"] = (env["OPENAI_BASE_URL"], "environment OPENAI_BASE_URL")
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "SPECCY_DATA_DIR":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in SPECS:
+            raise SettingsError(f"{key}: unknown setting (from environment {name})")
+        raw[key] = (value, f"environment {name}")
+
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = (value, f"option --{key.replace('_', '-')}")
+
+    values: dict[str, Any] = {}
+    for key, (value, source) in raw.items():
+        try:
+            values[key] = SPECS[key].parse(value)
+        except ValueError as e:
+            raise SettingsError(f"{key}: {e} (from {source})") from None
+    return Settings(data_dir=data_dir, **values)
+
+
+def config_template() -> str:
+    """The config.toml that `init` writes: every key, commented out at its default."""
+    lines = [
+        "# speccyd configuration. Uncomment a line to change it.",
+        "# Precedence: command-line flag > environment SPECCY_<KEY> > this file > default.",
+        '# Durations take a unit: ms, s, m, h or d ("7d", "10m", "3s").',
+        "",
+    ]
+    for key, spec in SPECS.items():
+        lines.append(f"# {spec.doc}")
+        default = f'"{spec.default}"' if not spec.default.isdigit() else spec.default
+        lines.append(f"# {key} = {default}")
+        lines.append("")
+    return "\n".join(lines)

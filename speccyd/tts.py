@@ -1,0 +1,104 @@
+"""What a speech request may contain, how it is validated, and its content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from speccyd.errors import ApiError
+from speccyd.store import NewFile
+
+VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "nova",
+    "onyx", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
+MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+INSTRUCTION_MODELS = ("gpt-4o-mini-tts",)  # tts-1 and tts-1-hd ignore instructions; refuse instead
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+FORMATS = tuple(CONTENT_TYPES)
+UPSTREAM_MAX_CHARS = 4096  # OpenAI rejects input longer than this
+MAX_INSTRUCTIONS = 4096
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+
+def content_hash(model: str, voice: str, fmt: str, speed: float, instructions: str | None, text: str) -> str:
+    """Lowercase hex SHA-256 of the request's fields joined by newlines; apps compute it offline too."""
+    joined = "\n".join([model, voice, fmt, f"{speed:.2f}", instructions or "", text])
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    voice: str
+    model: str
+    format: str
+    speed: float
+    instructions: str | None
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.model, self.voice, self.format, self.speed, self.instructions, self.text)
+
+    def new_file(self) -> NewFile:
+        return NewFile(
+            content_hash=self.content_hash,
+            model=self.model,
+            voice=self.voice,
+            format=self.format,
+            speed=self.speed,
+            instructions=self.instructions,
+            text=self.text,
+        )
+
+
+def _choice(body: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], code: str) -> str:
+    value = body.get(key, default)
+    if value not in allowed:
+        raise ApiError(400, code, f"{key} must be one of: {', '.join(allowed)}")
+    return str(value)
+
+
+def parse_speech_request(body: dict[str, Any], max_text_chars: int) -> SpeechRequest:
+    """Validate a generate request; each rule fails with its own error code."""
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "invalid_text", "text must be a non-empty string")
+    if len(text) > max_text_chars:
+        raise ApiError(400, "text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}")
+    if len(text) > UPSTREAM_MAX_CHARS:
+        raise ApiError(
+            400,
+            "text_too_long",
+            f"text is {len(text)} characters; the upstream accepts at most {UPSTREAM_MAX_CHARS}",
+        )
+    voice = _choice(body, "voice", "alloy", VOICES, "invalid_voice")
+    model = _choice(body, "model", "tts-1", MODELS, "invalid_model")
+    fmt = _choice(body, "format", "mp3", FORMATS, "invalid_format")
+
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed):
+        raise ApiError(400, "invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise ApiError(400, "invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ApiError(400, "invalid_instructions", "instructions must be a string")
+        if len(instructions) > MAX_INSTRUCTIONS:
+            raise ApiError(400, "invalid_instructions", f"instructions are limited to {MAX_INSTRUCTIONS} characters")
+        if model not in INSTRUCTION_MODELS:
+            raise ApiError(400, "invalid_instructions", f"instructions only work with {', '.join(INSTRUCTION_MODELS)}")
+        instructions = instructions or None
+    # Rounded as the content hash rounds it, so the upstream hears exactly what the hash names.
+    return SpeechRequest(text, voice, model, fmt, round(float(speed), 2), instructions)

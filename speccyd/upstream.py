@@ -1,0 +1,132 @@
+"""The OpenAI-compatible upstream, through the official SDK, with its failures sorted into kinds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import openai
+
+try:  # the SDK's HTTP library; raised as is while a streamed body is being read
+    import httpx2 as _httpx  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - older SDKs
+    import httpx as _httpx  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (_httpx.HTTPError, _httpx.StreamError, OSError)
+
+# Upstream answers that say "try again": rate limited, timeout, conflict, server trouble.
+_RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# A 429 with this code means the account is out of credit: waiting will not help.
+_FATAL_429_CODES = {"insufficient_quota"}
+_MAX_RETRY_AFTER = 300.0
+
+
+class UpstreamError(Exception):
+    def __init__(
+        self, message: str, *, retryable: bool, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class KeyRejected(Exception):
+    """The upstream refused this API key (401/403)."""
+
+
+def _upstream_message(e: openai.APIStatusError) -> str:
+    body: Any = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return f"upstream answered HTTP {e.status_code}"
+
+
+def _retry_after(e: openai.APIStatusError) -> float | None:
+    value = e.response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date; fall back to our own backoff
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+
+
+def classify(e: BaseException) -> UpstreamError:
+    """Turn any failure of an upstream call into an UpstreamError that says whether to retry."""
+    if isinstance(e, UpstreamError):
+        return e
+    if isinstance(e, openai.APIStatusError):
+        status = e.status_code
+        message = _upstream_message(e)
+        body: Any = e.body
+        code = body.get("code") if isinstance(body, dict) else None
+        retryable = status in _RETRYABLE_STATUS and code not in _FATAL_429_CODES
+        return UpstreamError(
+            f"upstream error {status}: {message}",
+            retryable=retryable,
+            status=status,
+            retry_after=_retry_after(e),
+        )
+    if isinstance(e, openai.APITimeoutError):
+        return UpstreamError("upstream timed out", retryable=True)
+    if isinstance(e, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
+        return UpstreamError(f"upstream connection failed: {type(e).__name__}", retryable=True)
+    raise e
+
+
+class Upstream:
+    def __init__(self, base_url: str, timeout: float) -> None:
+        # Retries are ours (bounded, Retry-After aware, slot released while waiting), so the SDK's are off.
+        # A float timeout bounds each connect, write and read: a stalled stream fails after `timeout`.
+        self._client = openai.AsyncOpenAI(api_key="unset", base_url=base_url, max_retries=0, timeout=timeout)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def check_key(self, api_key: str) -> None:
+        """Raise KeyRejected for a refused key, UpstreamError when the upstream cannot say."""
+        try:
+            await self._client.with_options(api_key=api_key).models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError):
+            raise KeyRejected from None
+        except Exception as e:
+            raise classify(e) from None
+
+    async def speech(
+        self,
+        api_key: str,
+        *,
+        text: str,
+        model: str,
+        voice: str,
+        fmt: str,
+        speed: float,
+        instructions: str | None,
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the audio as the upstream sends it; every failure is raised as UpstreamError."""
+        # A dict keeps "instructions" out of the request entirely when unset (tts-1 refuses it).
+        params: dict[str, Any] = {"input": text, "model": model, "voice": voice, "response_format": fmt, "speed": speed}
+        if instructions:
+            params["instructions"] = instructions
+        client = self._client.with_options(api_key=api_key)
+        try:
+            async with client.audio.speech.with_streaming_response.create(
+                **params,
+            ) as response:
+                content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if content_type.startswith(("text/", "application/json")):
+                    raise UpstreamError(f"upstream sent {content_type} instead of audio", retryable=False)
+                async for chunk in response.iter_bytes():
+                    if chunk:
+                        yield chunk
+        except UpstreamError:
+            raise
+        except Exception as e:
+            raise classify(e) from None

@@ -1,0 +1,110 @@
+"""Shared fixtures: the fake upstream on 127.0.0.1, test settings in a tmp data dir, and signed-in clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from speccyd.app import create_app
+from speccyd.settings import Settings, load_settings
+from tests.fake_upstream import FakeUpstream
+
+AppClient = TestClient[web.Request, web.Application]
+
+# Fast retries and no mDNS; everything else at its documented default unless a test says otherwise.
+TEST_OVERRIDES: dict[str, object] = {
+    "host": "127.0.0.1",
+    "mdns": "off",
+    "retry_backoff": "10ms",
+    "rate_limit": "off",
+    "upstream_timeout": "5s",
+}
+
+
+@pytest.fixture
+def fake() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+async def upstream_url(fake: FakeUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
+    server = await aiohttp_server(fake.app(), host="127.0.0.1")
+    return str(server.make_url("/v1"))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def make_settings(data_dir: Path, upstream_url: str) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values = {**TEST_OVERRIDES, "openai_base_url": upstream_url, **overrides}
+        return load_settings(data_dir, values, env={})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Callable[..., Awaitable[AppClient]], make_settings: Callable[..., Settings]
+) -> Callable[..., Awaitable[AppClient]]:
+    async def make(**overrides: object) -> AppClient:
+        return await aiohttp_client(create_app(make_settings(**overrides)))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[AppClient]]) -> AppClient:
+    return await make_client()
+
+
+async def sign_in(client: AppClient, key: str = "sk-test-alice") -> dict[str, str]:
+    """Authorization headers for a fresh session of the user who owns `key`."""
+    response = await client.post("/auth/verify", json={"openai_token": key})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    return {"Authorization": f"Bearer {body['session_token']}"}
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds, never sleep blindly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def generate(client: AppClient, headers: dict[str, str], **body: Any) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/tts/generate", json={"text": "Hello there.", **body}, headers=headers)
+    return response.status, await response.json()
+
+
+async def wait_status(
+    client: AppClient, headers: dict[str, str], content_hash: str, wanted: str = "ready"
+) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        response = await client.get(f"/tts/{content_hash}/status", headers=headers)
+        body: dict[str, Any] = await response.json()
+        return body if body.get("status") == wanted else None
+
+    result: dict[str, Any] = await eventually(check, what=f"status {wanted}")
+    return result

@@ -1,0 +1,145 @@
+"""A fake OpenAI-compatible upstream: a small aiohttp app with explicit fault switches and a request log.
+
+speccyd talks to it through the real openai SDK over HTTP on 127.0.0.1; nothing in speccyd is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+GOOD_KEY_PREFIX = "sk-test-"
+
+
+@dataclass
+class Fault:
+    """What the next speech request gets instead of audio.
+
+    kind: "status" (HTTP `status` with an OpenAI error body, optional Retry-After), "reset" (connection
+    dropped before any byte), "reset_mid" (dropped after half the audio), "cut" (Content-Length promises
+    more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "wrong_type"
+    (200 text/html).
+    """
+
+    kind: str = "status"
+    status: int = 500
+    retry_after: str | None = None
+    message: str = "fake upstream failure"
+    code: str | None = None
+
+
+@dataclass
+class Call:
+    path: str
+    api_key: str | None
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeUpstream:
+    audio_size: int = 4000
+    chunk_size: int = 1000
+    latency: float = 0.0  # before the first byte of audio
+    chunk_delay: float = 0.0  # between chunks
+    revoked: set[str] = field(default_factory=set)
+    models_status: int | None = None  # answer /models with this status instead
+    faults: deque[Fault] = field(default_factory=deque)
+    calls: list[Call] = field(default_factory=list)
+    # While cleared, speech requests wait: a test holds a generation "in flight" as long as it needs.
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    @property
+    def speech_calls(self) -> list[Call]:
+        return [c for c in self.calls if c.path.endswith("/audio/speech")]
+
+    @staticmethod
+    def audio_for(body: dict[str, Any], size: int) -> bytes:
+        """Deterministic bytes for a request, so a test can check speccyd served exactly these."""
+        seed = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+        return (seed * (size // len(seed) + 1))[:size]
+
+    def _key(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        return header[7:] if header.startswith("Bearer ") else None
+
+    def _auth_error(self, key: str | None) -> web.Response | None:
+        if key is None or not key.startswith(GOOD_KEY_PREFIX) or key in self.revoked:
+            return _error(401, "Incorrect API key provided", "invalid_api_key")
+        return None
+
+    async def models(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        self.calls.append(Call(request.path, key, None))
+        if self.models_status is not None:
+            return _error(self.models_status, "models are unavailable")
+        denied = self._auth_error(key)
+        if denied is not None:
+            return denied
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in ("tts-1", "tts-1-hd")]
+        return web.json_response({"object": "list", "data": data})
+
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        body = await request.json()
+        self.calls.append(Call(request.path, key, body))
+        await self.gate.wait()
+        denied = self._auth_error(key)
+        if denied is not None:
+            return denied
+        fault = self.faults.popleft() if self.faults else None
+        audio = self.audio_for(body, self.audio_size)
+        if fault is not None and fault.kind == "status":
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+            return _error(fault.status, fault.message, fault.code, headers)
+        if fault is not None and fault.kind == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        content_type = "text/html" if fault is not None and fault.kind == "wrong_type" else "audio/mpeg"
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        if fault is not None and fault.kind == "cut":
+            response.content_length = len(audio) * 2
+        elif fault is not None and fault.kind == "empty":
+            response.content_length = 0
+        await response.prepare(request)
+        if fault is not None and fault.kind == "empty":
+            await response.write_eof()
+            return response
+        if fault is not None and fault.kind == "stall":
+            await asyncio.sleep(3600)
+        for offset in range(0, len(audio), self.chunk_size):
+            if fault is not None and fault.kind == "reset_mid" and offset >= len(audio) // 2:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(audio[offset : offset + self.chunk_size])
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        if fault is not None and fault.kind == "cut":
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/audio/speech", self.speech)
+        return app
+
+
+def _error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": "fake_error", "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
