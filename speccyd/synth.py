@@ -12,6 +12,7 @@ from speccyd.blobs import Blobs, BlobWriter
 from speccyd.crypto import ServerSecrets
 from speccyd.settings import Settings
 from speccyd.store import FileRow, Store
+from speccyd.tts import SpeechRequest
 from speccyd.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,16 @@ class JobManager:
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+    async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
+        """Audio for this request: cached, already in flight, or a generation started now."""
+        store = self._store
+        claim = await store.run(store.claim, user_id, speech.new_file(), time.time(), self._settings.retention)
+        if claim.replaced is not None:
+            self._blobs.remove(claim.replaced.id, claim.replaced.format)
+        if claim.created:
+            self.start(claim.row)
+        return claim.row
 
     def start(self, row: FileRow) -> None:
         if row.id in self._tasks:

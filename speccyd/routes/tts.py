@@ -23,14 +23,9 @@ async def generate(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     speech = parse_speech_request(await json_body(request), settings.max_text_chars)
 
-    store = request.app[STORE]
-    claim = await store.run(store.claim, user_id, speech.new_file(), time.time(), settings.retention)
-    if claim.replaced is not None:
-        request.app[BLOBS].remove(claim.replaced.id, claim.replaced.format)
-    if claim.created:
-        request.app[JOBS].start(claim.row)
-    status = 200 if claim.row.status == "ready" else 202
-    return web.json_response(file_json(request, claim.row), status=status)
+    row = await request.app[JOBS].request(user_id, speech)
+    status = 200 if row.status == "ready" else 202
+    return web.json_response(file_json(request, row), status=status)
 
 
 @routes.get(f"/tts/{CONTENT_HASH}/status")
