@@ -108,3 +108,10 @@ def test_config_template_lists_every_key_and_parses(tmp_path: Path) -> None:
 def test_settings_fields_match_specs() -> None:
     """Every key in the table is a Settings field and vice versa."""
     assert set(Settings.__dataclass_fields__) - {"data_dir"} == set(SPECS)
+
+
+def test_readme_documents_every_setting() -> None:
+    """README's configuration table has a row for every key."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [key for key in SPECS if f"| `{key}` |" not in readme]
+    assert missing == []
