@@ -126,9 +126,9 @@ def control_app(speccyd: web.Application) -> web.Application:
         start = time.perf_counter()
         removed = 0
         if mode == "thread":
-            removed = await store.run(expire, store, blobs)
+            removed = len(await store.run(expire, store, blobs))
         elif mode == "loop":
-            removed = expire(store, blobs)  # deliberately blocking: the reference for "what if"
+            removed = len(expire(store, blobs))  # deliberately blocking: the reference for "what if"
         elif mode == "idle":
             await asyncio.sleep(0.5)
         else:

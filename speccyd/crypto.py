@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -45,10 +44,16 @@ def new_secret() -> bytes:
     return secrets.token_bytes(_KEY_BYTES)
 
 
-@dataclass(frozen=True)
 class ServerSecrets:
-    session_key: bytes
-    encryption_key: bytes
+    """The two secrets on disk and the subkeys derived from them (once: some are used on every request)."""
+
+    def __init__(self, session_key: bytes, encryption_key: bytes) -> None:
+        self.session_key = session_key
+        self.encryption_key = encryption_key
+        self.jwt_key = _subkey(session_key, "speccyd jwt v1")
+        self.url_key = _subkey(session_key, "speccyd file url v1")
+        self._lookup_key = _subkey(encryption_key, "speccyd key lookup v1")
+        self._aead = AESGCM(_subkey(encryption_key, "speccyd key encryption v1"))
 
     @classmethod
     def load(cls, directory: Path) -> ServerSecrets:
@@ -69,34 +74,24 @@ class ServerSecrets:
         write_secret_file(directory / SESSION_KEY_FILE, self.session_key)
         write_secret_file(directory / ENCRYPTION_KEY_FILE, self.encryption_key)
 
-    @property
-    def jwt_key(self) -> bytes:
-        return _subkey(self.session_key, "speccyd jwt v1")
-
-    @property
-    def url_key(self) -> bytes:
-        return _subkey(self.session_key, "speccyd file url v1")
-
     def key_lookup_hash(self, openai_key: str) -> str:
         """HMAC-SHA256 of an OpenAI key: finds the user without storing anything reversible."""
-        lookup = _subkey(self.encryption_key, "speccyd key lookup v1")
-        return hmac.new(lookup, openai_key.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._lookup_key, openai_key.encode(), "sha256").hex()
 
     def encrypt_key(self, openai_key: str, user_id: str) -> bytes:
         """AES-GCM with the user id as associated data, so a ciphertext cannot be moved to another user."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        aead = AESGCM(_subkey(self.encryption_key, "speccyd key encryption v1"))
-        return nonce + aead.encrypt(nonce, openai_key.encode(), user_id.encode())
+        return nonce + self._aead.encrypt(nonce, openai_key.encode(), user_id.encode())
 
     def decrypt_key(self, blob: bytes, user_id: str) -> str | None:
-        aead = AESGCM(_subkey(self.encryption_key, "speccyd key encryption v1"))
+        aead = self._aead
         try:
             return aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], user_id.encode()).decode()
         except (InvalidTag, ValueError):
             return None
 
     def sign_file_url(self, file_id: str, user_id: str, expires: int) -> str:
-        mac = hmac.new(self.url_key, f"{file_id}\n{user_id}\n{expires}".encode(), hashlib.sha256).digest()
+        mac = hmac.digest(self.url_key, f"{file_id}\n{user_id}\n{expires}".encode(), "sha256")
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def check_file_url(self, file_id: str, user_id: str, expires: int, signature: str) -> bool:

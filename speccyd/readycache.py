@@ -50,10 +50,13 @@ class ReadyCache:
 
     def hit(self, row: FileRow, now: float, retention: float) -> FileRow:
         """Extend a ready row's expiry in memory and queue the write; returns the updated row."""
-        touched = dataclasses.replace(row, expires_at=now + retention, updated_at=now)
-        self.put(touched)
-        self._hits.append(Hit(row.id, row.user_id, row.model, row.characters, now, touched.expires_at))
-        return touched
+        expires = now + retention
+        # Expiry is shown and signed at one-second resolution: within the same second the row can stay.
+        if int(expires) > int(row.expires_at):
+            row = dataclasses.replace(row, expires_at=expires, updated_at=now)
+            self.put(row)
+        self._hits.append(Hit(row.id, row.user_id, row.model, row.characters, now, expires))
+        return row
 
     def drain(self) -> list[Hit]:
         hits, self._hits = self._hits, []

@@ -334,18 +334,24 @@ class Store:
 
     def record_hits(self, hits: Iterable[Hit]) -> None:
         """Write cache hits answered from memory: expiry bumps, last-seen times and usage records."""
+        hits = list(hits)
+        # Only the latest bump per file and per user matters; a busy second collapses to a few updates.
+        latest_file = {h.file_id: h for h in sorted(hits, key=lambda h: h.at)}
+        latest_user = {h.user_id: h.at for h in latest_file.values()}
         with self._write() as db:
-            for hit in hits:
-                db.execute(
-                    "UPDATE audio_files SET expires_at = max(expires_at, ?), updated_at = ? "
-                    "WHERE id = ? AND status = 'ready'",
-                    (hit.expires_at, hit.at, hit.file_id),
-                )
-                db.execute("UPDATE users SET last_seen = max(last_seen, ?) WHERE id = ?", (hit.at, hit.user_id))
-                db.execute(
-                    "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
-                    (hit.user_id, hit.at, hit.model, hit.characters),
-                )
+            db.executemany(
+                "UPDATE audio_files SET expires_at = max(expires_at, ?), updated_at = ? "
+                "WHERE id = ? AND status = 'ready'",
+                [(h.expires_at, h.at, h.file_id) for h in latest_file.values()],
+            )
+            db.executemany(
+                "UPDATE users SET last_seen = max(last_seen, ?) WHERE id = ?",
+                [(at, u) for u, at in latest_user.items()],
+            )
+            db.executemany(
+                "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
+                [(h.user_id, h.at, h.model, h.characters) for h in hits],
+            )
 
     def mark_ready(self, file_id: str, size: int, sha256: str, now: float, retention: float) -> bool:
         """False when the row is gone (deleted or purged meanwhile): the caller then removes the audio."""

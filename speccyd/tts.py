@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from speccyd.errors import ApiError
@@ -44,10 +44,11 @@ class SpeechRequest:
     format: str
     speed: float
     instructions: str | None
+    content_hash: str = field(init=False)
 
-    @property
-    def content_hash(self) -> str:
-        return content_hash(self.model, self.voice, self.format, self.speed, self.instructions, self.text)
+    def __post_init__(self) -> None:
+        digest = content_hash(self.model, self.voice, self.format, self.speed, self.instructions, self.text)
+        object.__setattr__(self, "content_hash", digest)  # frozen: computed once, used on every hit
 
     def new_file(self) -> NewFile:
         return NewFile(
