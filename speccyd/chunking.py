@@ -17,7 +17,9 @@ import regex
 _PARAGRAPH = regex.compile(r"\n[^\S\n]*\n\s*")
 # Sentence ends: Latin punctuation needs whitespace after it (so "example.com/a.html" and "3.14" stay whole);
 # CJK full stops end a sentence even with no space, since CJK text has none.
-_SENTENCE = regex.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]\u00bb]*\s+|[\u3002\uff01\uff1f\uff61]+[\u300d\u300f\u201d\u2019\uff09]*\s*")
+_SENTENCE = regex.compile(
+    r"[.!?\u2026]+[\"'\u201d\u2019)\]\u00bb]*\s+|[\u3002\uff01\uff1f\uff61]+[\u300d\u300f\u201d\u2019\uff09]*\s*"
+)
 _LINE = regex.compile(r"\n\s*")
 _CLAUSE = regex.compile(r"[,;:\u2014]\s+|[\u3001\uff0c\uff1b\uff1a]\s*")
 _WORD = regex.compile(r"\s+")

@@ -21,7 +21,7 @@ async def generate(request: web.Request) -> web.Response:
     if wait:
         raise ApiError(429, "rate_limited", f"too many requests; try again in {wait}s", {"Retry-After": str(wait)})
     settings = request.app[SETTINGS]
-    speech = parse_speech_request(await json_body(request), settings.max_text_chars)
+    speech = parse_speech_request(await json_body(request), settings.max_text_chars, settings.upstream_max_chars)
 
     row = await request.app[JOBS].request(user_id, speech)
     status = 200 if row.status == "ready" else 202
