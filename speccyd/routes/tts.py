@@ -35,7 +35,13 @@ async def status(request: web.Request) -> web.Response:
     row = await store.run(store.get_by_hash, user_id, request.match_info["content_hash"])
     if row is None or row.is_expired(time.time()):
         raise ApiError(404, "not_found", "no audio for this content hash")
-    return web.json_response(file_json(request, row))
+    data = file_json(request, row)
+    live = request.app[JOBS].live(row.id) if row.status == "generating" else None
+    if live is not None and live.chunks_total:
+        # Progress lives with the job in memory: it is only true while this process runs that job.
+        data["chunks_done"] = live.chunks_done
+        data["chunks_total"] = live.chunks_total
+    return web.json_response(data)
 
 
 @routes.delete(f"/tts/{FILE_ID}")
