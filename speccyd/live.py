@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-READ_BLOCK = 256 * 1024
+READ_BLOCK = 64 * 1024
 
 
 class LiveAborted(Exception):
