@@ -201,9 +201,8 @@ async def main(quick: bool) -> int:
                 rounds = math.ceil(chunks / 4)
                 first, total, _ = await bounded("long document", via_speccyd(session, server, auth, text))
                 budget = 1.3 * rounds * per_call
-                print(
-                    f"\nA {chars:,}-character document: {chunks} chunks, chunk_concurrency 4, upstream call {per_call:.2f} s"
-                )
+                print(f"\nA {chars:,}-character document: {chunks} chunks, chunk_concurrency 4,", end=" ")
+                print(f"upstream call {per_call:.2f} s")
                 row("first audio byte", f"{first * 1000:.0f} ms", "<= 1000 ms", first <= 1.0)
                 row("complete audio", f"{total:.2f} s", f"<= {budget:.2f} s", total <= budget)
                 missed += (first > 1.0) + (total > budget)
