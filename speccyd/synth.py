@@ -43,10 +43,6 @@ class JobManager:
         self._finishing: set[asyncio.Task[None]] = set()
         self._live: dict[str, LiveFile] = {}
 
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now."""
         store = self._store
