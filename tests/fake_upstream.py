@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,8 @@ class FakeUpstream:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     # When set (format -> clips from make_clips), speech is real encoded audio instead of made-up bytes.
     clips: dict[str, list[bytes]] | None = None
+    in_flight: int = 0  # speech requests being answered now
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -146,6 +149,23 @@ class FakeUpstream:
         return web.json_response({"object": "list", "data": data})
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        left = False
+
+        def leave() -> None:
+            # Counted out before the last byte is sent, so a client never sees the end while it still counts.
+            nonlocal left
+            if not left:
+                left = True
+                self.in_flight -= 1
+
+        try:
+            return await self._speech(request, leave)
+        finally:
+            leave()
+
+    async def _speech(self, request: web.Request, leave: Callable[[], None]) -> web.StreamResponse:
         key = self._key(request)
         body = await request.json()
         call = Call(request.path, key, body)
@@ -197,6 +217,7 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.close()
             return response
+        leave()
         await response.write_eof()
         return response
 

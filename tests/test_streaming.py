@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from speccyd.chunking import split_text
 from tests.conftest import AppClient, decode, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 
@@ -21,6 +22,11 @@ def long_text(paragraphs: int = 5) -> str:
     return "\n\n".join(
         " ".join(f"P{p} sentence {s} says something about the spec." for s in range(6)) for p in range(paragraphs)
     )
+
+
+def chunk(index: int) -> str:
+    """The exact text of one chunk of long_text(): a fault matching it hits that chunk and no other."""
+    return split_text(long_text(), LIMIT)[index]
 
 
 async def read_some(response: aiohttp.ClientResponse, at_least: int) -> bytes:
@@ -79,7 +85,7 @@ async def test_many_readers_and_late_joiners_get_identical_complete_streams(
     """Readers who start before, during and near the end of generation all receive the same complete bytes."""
     client = await make_client(upstream_max_chars=LIMIT)
     release = asyncio.Event()
-    fake.faults.append(Fault("pause_mid", pause=release, match="P3 "))
+    fake.faults.append(Fault("pause_mid", pause=release, match=chunk(3)))
     headers = await sign_in(client)
     _, body = await generate(client, headers, text=long_text(), format="pcm")
     url = f"/files/{body['file_id']}"
@@ -99,7 +105,7 @@ async def test_a_reader_who_disconnects_harms_nobody(make_client: MakeClient, fa
     """One reader dropping mid-stream leaves the job and the other readers untouched."""
     client = await make_client(upstream_max_chars=LIMIT)
     release = asyncio.Event()
-    fake.faults.append(Fault("pause_mid", pause=release, match="P2 "))
+    fake.faults.append(Fault("pause_mid", pause=release, match=chunk(2)))
     headers = await sign_in(client)
     _, body = await generate(client, headers, text=long_text(), format="pcm")
     url = f"/files/{body['file_id']}"
@@ -134,7 +140,7 @@ async def test_retry_after_partial_bytes_cuts_those_readers_and_completes(
     """A retried chunk never corrupts a stream: readers past its start are cut, the file then completes whole."""
     client = await make_client(upstream_max_chars=LIMIT)
     release = asyncio.Event()
-    fake.faults.append(Fault("reset_mid", pause=release, match="P0 "))
+    fake.faults.append(Fault("reset_mid", pause=release, match=chunk(0)))
     headers = await sign_in(client)
     _, body = await generate(client, headers, text=long_text(), format="pcm")
     url = f"/files/{body['file_id']}"
@@ -170,7 +176,7 @@ async def test_live_wav_stream_decodes_and_final_file_has_true_sizes(
     fake.clips = clips
     client = await make_client(upstream_max_chars=LIMIT)
     release = asyncio.Event()
-    fake.faults.append(Fault("pause_mid", pause=release, match="P2 "))
+    fake.faults.append(Fault("pause_mid", pause=release, match=chunk(2)))
     headers = await sign_in(client)
     _, body = await generate(client, headers, text=long_text(), format="wav")
     response = await client.get(f"/files/{body['file_id']}", headers=headers)
