@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from speccyd.assembly import Part, assemble
 from speccyd.audiojoin import Cleaner, Joiner, JoinError
@@ -124,14 +124,12 @@ class JobManager:
         writer = self._blobs.writer(row.id, row.format)
         live.open(writer.temp, writer.final)
         parts = [Part(self._blobs.root / TMP_DIR) for _ in texts]
-        per_job = asyncio.Semaphore(self._settings.chunk_concurrency)
+        job = _Job(row, api_key, joiner, live, asyncio.Semaphore(self._settings.chunk_concurrency))
         try:
             try:
                 async with asyncio.TaskGroup() as group:
                     for index, text in enumerate(texts):
-                        group.create_task(
-                            self._chunk(row, api_key, text, parts[index], joiner.cleaner, index, per_job, live)
-                        )
+                        group.create_task(self._chunk(job, index, text, parts[index]))
                     group.create_task(assemble(parts, writer, live))
             except BaseExceptionGroup as group_error:
                 raise _first_cause(group_error) from None
@@ -149,30 +147,21 @@ class JobManager:
         finish.add_done_callback(self._finishing.discard)
         await asyncio.shield(finish)
 
-    async def _chunk(
-        self,
-        row: FileRow,
-        api_key: str,
-        text: str,
-        part: Part,
-        cleaner: Callable[[int], Cleaner],
-        index: int,
-        per_job: asyncio.Semaphore,
-        live: LiveFile,
-    ) -> None:
+    async def _chunk(self, job: _Job, index: int, text: str, part: Part) -> None:
         """One chunk, with the core's retry rules: bounded attempts, Retry-After, backoff with jitter."""
         attempts = self._settings.upstream_attempts
+        total = job.live.chunks_total
         for attempt in range(1, attempts + 1):
             try:
-                await self._attempt(row, api_key, text, part, cleaner(index), per_job)
-                live.chunk_done()
+                await self._attempt(job, text, part, job.joiner.cleaner(index))
+                job.live.chunk_done()
                 return
             except UpstreamError as e:
                 if not e.retryable or attempt == attempts:
                     if attempt > 1:
                         e.message = f"{e.message} (after {attempt} attempts)"
-                    if live.chunks_total > 1:
-                        e.message = f"chunk {index + 1} of {live.chunks_total}: {e.message}"
+                    if total > 1:
+                        e.message = f"chunk {index + 1} of {total}: {e.message}"
                     raise
                 delay = e.retry_after
                 if delay is None:
@@ -181,7 +170,7 @@ class JobManager:
                     delay = base * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not security
                 log.info(
                     "generation %s chunk %d attempt %d failed (%s); retrying in %.2fs",
-                    row.id,
+                    job.row.id,
                     index + 1,
                     attempt,
                     e.message,
@@ -189,16 +178,15 @@ class JobManager:
                 )
                 await asyncio.sleep(delay)
 
-    async def _attempt(
-        self, row: FileRow, api_key: str, text: str, part: Part, cleaner: Cleaner, per_job: asyncio.Semaphore
-    ) -> None:
+    async def _attempt(self, job: _Job, text: str, part: Part, cleaner: Cleaner) -> None:
+        row = job.row
         received = 0
         try:
             # The job's own limit first, then a server-wide slot: never more than upstream_concurrency calls.
-            async with per_job, self._slots:
+            async with job.chunk_slots, self._slots:
                 part.begin()
                 chunks = self._upstream.speech(
-                    api_key,
+                    job.api_key,
                     text=text,
                     model=row.model,
                     voice=row.voice,
@@ -235,6 +223,17 @@ class JobManager:
             self._blobs.remove(row.id, row.format)
             return
         live.finish()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every chunk of one generation shares."""
+
+    row: FileRow
+    api_key: str
+    joiner: Joiner
+    live: LiveFile
+    chunk_slots: asyncio.Semaphore  # chunk_concurrency: this job's share of the upstream
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
