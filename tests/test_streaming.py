@@ -13,6 +13,7 @@ import pytest
 from speccyd.chunking import split_text
 from tests.conftest import AppClient, decode, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
+from tests.server_process import start_server
 
 MakeClient = Callable[..., Awaitable[AppClient]]
 LIMIT = 200
@@ -191,3 +192,31 @@ async def test_live_wav_stream_decodes_and_final_file_has_true_sizes(
     live, stored = decode(streamed, "wav", tmp_path), decode(final, "wav", tmp_path)
     assert live.errors == stored.errors == ""
     assert live.seconds == pytest.approx(stored.seconds, abs=0.001)
+
+
+@pytest.mark.process
+async def test_real_server_streams_a_long_text_through_the_signed_url(
+    tmp_path: Path, upstream_url: str, fake: FakeUpstream
+) -> None:
+    """`speccyd serve`: a long text's signed URL starts streaming before generation ends and matches the file."""
+    release = asyncio.Event()
+    fake.faults.append(Fault("pause_mid", pause=release, match=chunk(3)))
+    server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_UPSTREAM_MAX_CHARS=str(LIMIT))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-alice"}) as r:
+                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
+            async with session.post(
+                f"{server.url}/tts/generate", json={"text": long_text(), "format": "pcm"}, headers=headers
+            ) as r:
+                body = await r.json()
+            async with session.get(f"{server.url}{body['url']}") as live:
+                assert live.status == 200
+                first = await read_some(live, fake.audio_size)
+                release.set()
+                streamed = first + await live.read()
+            async with session.get(f"{server.url}{body['url']}") as stored:
+                assert stored.headers.get("Content-Length") == str(len(streamed))
+                assert await stored.read() == streamed
+    finally:
+        await server.stop()
