@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 READ_BLOCK = 64 * 1024
@@ -30,6 +30,7 @@ class LiveFile:
         self.chunks_done = 0
         self.chunks_total = 0
         self._rewinds: list[int] = []  # the length each rewind went back to, in order
+        self._abandoned = False  # the server is stopping: readers end now, the job may still finish
         self._changed = asyncio.Event()
 
     def _notify(self) -> None:
@@ -61,6 +62,10 @@ class LiveFile:
         self.state = "failed"
         self._notify()
 
+    def abandon_readers(self) -> None:
+        self._abandoned = True
+        self._notify()
+
     def _still_valid(self, position: int, seen_rewinds: int) -> bool:
         """Whether a reader at `position` only holds bytes no rewind since `seen_rewinds` took back."""
         return all(position <= length for length in self._rewinds[seen_rewinds:])
@@ -72,7 +77,7 @@ class LiveFile:
                     return os.open(path, os.O_RDONLY)
         raise LiveAborted("the file is gone")
 
-    async def follow(self) -> AsyncIterator[bytes]:
+    async def follow(self) -> AsyncGenerator[bytes, None]:
         """Everything written so far, then each new piece as it is published, until the file is complete.
 
         Raises LiveAborted when the stream cannot end as a complete file.
@@ -83,6 +88,8 @@ class LiveFile:
         try:
             while True:
                 changed = self._changed
+                if self._abandoned:
+                    raise LiveAborted("the server is shutting down")
                 if not self._still_valid(position, seen_rewinds):
                     raise LiveAborted("generation restarted a chunk this reader had already received")
                 seen_rewinds = len(self._rewinds)

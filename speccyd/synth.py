@@ -72,6 +72,11 @@ class JobManager:
         """The in-progress view of a file this process is generating, for readers to follow."""
         return self._live.get(file_id)
 
+    def end_streams(self) -> None:
+        """Cut every live reader (at shutdown: a stream waiting on a job would hold the server up)."""
+        for live in self._live.values():
+            live.abandon_readers()
+
     async def cancel(self, file_id: str) -> None:
         task = self._tasks.get(file_id)
         if task is not None:

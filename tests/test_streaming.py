@@ -220,3 +220,27 @@ async def test_real_server_streams_a_long_text_through_the_signed_url(
                 assert await stored.read() == streamed
     finally:
         await server.stop()
+
+
+@pytest.mark.process
+async def test_shutdown_cuts_live_readers_instead_of_waiting(
+    tmp_path: Path, upstream_url: str, fake: FakeUpstream
+) -> None:
+    """SIGTERM with a reader following a stuck generation exits promptly; the reader sees a cut stream."""
+    release = asyncio.Event()
+    fake.faults.append(Fault("pause_mid", pause=release))
+    server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_SHUTDOWN_TIMEOUT="5m")
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-alice"}) as r:
+                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
+            async with session.post(f"{server.url}/tts/generate", json={"text": "Stuck."}, headers=headers) as r:
+                body = await r.json()
+            async with session.get(f"{server.url}{body['url']}") as live:
+                await read_some(live, 1)
+                assert await server.stop(timeout=20) == 0  # far below the 5 minutes it would otherwise wait
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await live.read()
+    finally:
+        release.set()
+        await server.stop()

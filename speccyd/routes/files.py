@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from aiohttp import hdrs, web
@@ -103,8 +104,10 @@ async def _stream_live(request: web.Request, live: LiveFile, row: FileRow) -> we
     if request.method == "HEAD":
         return response
     try:
-        async for data in live.follow():
-            await response.write(data)
+        # aclosing: the reader's fd is closed as soon as the stream ends, however it ends.
+        async with contextlib.aclosing(live.follow()) as stream:
+            async for data in stream:
+                await response.write(data)
     except LiveAborted:
         if request.transport is not None:
             request.transport.close()
