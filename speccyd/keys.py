@@ -7,6 +7,7 @@ from aiohttp import web
 from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
 from speccyd.ratelimit import RateLimiter
+from speccyd.sessions import Sessions
 from speccyd.settings import Settings
 from speccyd.store import Store
 from speccyd.synth import JobManager
@@ -14,6 +15,7 @@ from speccyd.upstream import Upstream
 
 SETTINGS = web.AppKey("settings", Settings)
 SECRETS = web.AppKey("secrets", ServerSecrets)
+SESSIONS = web.AppKey("sessions", Sessions)
 STORE = web.AppKey("store", Store)
 BLOBS = web.AppKey("blobs", Blobs)
 UPSTREAM = web.AppKey("upstream", Upstream)
