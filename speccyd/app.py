@@ -78,6 +78,13 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     await jobs.flush_hits()
 
 
+async def end_live_streams(app: web.Application) -> None:
+    # on_shutdown runs before the server waits for in-flight requests; a reader following a job that has
+    # minutes left would otherwise hold the whole shutdown_timeout. Its client sees a cut stream and retries.
+    if JOBS in app:
+        app[JOBS].end_streams()
+
+
 async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(cleanup_loop(app[JOBS], app[STORE], app[BLOBS], app[SETTINGS].cleanup_interval))
     yield
@@ -92,5 +99,6 @@ def create_app(settings: Settings) -> web.Application:
     app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
     app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
     app.cleanup_ctx.extend([storage_ctx, upstream_ctx, jobs_ctx, cleanup_ctx])
+    app.on_shutdown.append(end_live_streams)
     setup_routes(app)
     return app

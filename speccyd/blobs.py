@@ -28,7 +28,7 @@ class BlobWriter:
         self.final = blobs.path(file_id, fmt)
         self.temp = blobs.root / TMP_DIR / f"{file_id}.{secrets.token_hex(4)}.part"
         self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._hash = hashlib.sha256()
+        self._hash: hashlib._Hash | None = hashlib.sha256()  # None once bytes were rewritten: hashed at commit
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -36,14 +36,37 @@ class BlobWriter:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.size += len(data)
+
+    def rewind(self, size: int) -> None:
+        """Forget everything after the first `size` bytes; the next write continues from there."""
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self.size = size
+        self._hash = None
+
+    def patch(self, offset: int, data: bytes) -> None:
+        """Overwrite bytes already written (a header whose sizes were unknown until the end)."""
+        os.pwrite(self._fd, data, offset)
+        self._hash = None
 
     @property
     def sha256(self) -> str:
+        assert self._hash is not None, "hashed at commit after a rewind or patch"
         return self._hash.hexdigest()
 
+    def _rehash(self) -> None:
+        digest = hashlib.sha256()
+        with self.temp.open("rb") as f:
+            while block := f.read(1024 * 1024):
+                digest.update(block)
+        self._hash = digest
+
     def commit(self) -> None:
+        if self._hash is None:
+            self._rehash()
         # fsync before rename so a crash never leaves a half file under the final name.
         os.fsync(self._fd)
         os.close(self._fd)

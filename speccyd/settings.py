@@ -152,6 +152,12 @@ SPECS: dict[str, Spec] = {
     "mdns": Spec(_switch, "on", "Advertise _speccy._tcp on the LAN (on/off)."),
     "mdns_interfaces": Spec(_interfaces, "all", "'all' or a list of IP addresses to announce on."),
     "log_level": Spec(_log_level, "info", "debug, info, warning or error."),
+    "upstream_max_chars": Spec(
+        _int(50, 1_000_000), "4096", "Longest text sent in one upstream call; longer text is split (OpenAI: 4096)."
+    ),
+    "chunk_concurrency": Spec(
+        _int(1, 64), "4", "Chunks of one long text generated at once (within upstream_concurrency)."
+    ),
 }
 
 
@@ -175,6 +181,8 @@ class Settings:
     mdns: bool
     mdns_interfaces: tuple[str, ...]
     log_level: str
+    upstream_max_chars: int
+    chunk_concurrency: int
 
     @property
     def db_path(self) -> Path:

@@ -1,4 +1,8 @@
-"""Generation jobs: one background task per new audio file, bounded upstream concurrency, retries."""
+"""Generation jobs: one background task per new audio file, bounded upstream concurrency, retries.
+
+A text longer than `upstream_max_chars` is split into chunks generated in parallel (at most
+`chunk_concurrency` per job, and `upstream_concurrency` for the whole server) and joined in order.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,14 @@ import dataclasses
 import logging
 import random
 import time
+from dataclasses import dataclass
 
-from speccyd.blobs import Blobs, BlobWriter
+from speccyd.assembly import Part, assemble
+from speccyd.audiojoin import Cleaner, Joiner, JoinError
+from speccyd.blobs import TMP_DIR, Blobs, BlobWriter
+from speccyd.chunking import split_text
 from speccyd.crypto import ServerSecrets
+from speccyd.live import LiveFile
 from speccyd.readycache import ReadyCache
 from speccyd.settings import Settings
 from speccyd.store import FileRow, Store
@@ -35,6 +44,7 @@ class JobManager:
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
+        self._live: dict[str, LiveFile] = {}
 
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now."""
@@ -90,9 +100,26 @@ class JobManager:
     def start(self, row: FileRow) -> None:
         if row.id in self._tasks:
             return
-        task = asyncio.create_task(self._run(row), name=f"generate {row.id}")
+        # Created here, not in the task, so a reader arriving right after the request finds it.
+        live = LiveFile()
+        self._live[row.id] = live
+        task = asyncio.create_task(self._run(row, live), name=f"generate {row.id}")
         self._tasks[row.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(row.id, None))
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(row.id, None)
+            self._live.pop(row.id, None)
+
+        task.add_done_callback(forget)
+
+    def live(self, file_id: str) -> LiveFile | None:
+        """The in-progress view of a file this process is generating, for readers to follow."""
+        return self._live.get(file_id)
+
+    def end_streams(self) -> None:
+        """Cut every live reader (at shutdown: a stream waiting on a job would hold the server up)."""
+        for live in self._live.values():
+            live.abandon_readers()
 
     async def cancel(self, file_id: str) -> None:
         task = self._tasks.get(file_id)
@@ -109,14 +136,14 @@ class JobManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._finishing, return_exceptions=True)
 
-    async def _run(self, row: FileRow) -> None:
+    async def _run(self, row: FileRow, live: LiveFile) -> None:
         store = self._store
         try:
             blob = await store.run(store.user_key, row.user_id)
             api_key = self._secrets.decrypt_key(blob, row.user_id) if blob is not None else None
             if api_key is None:
                 raise UpstreamError("the server cannot use this user's key any more; sign in again", retryable=False)
-            await self._generate(row, api_key)
+            await self._generate(row, api_key, live)
         except UpstreamError as e:
             log.warning("generation %s failed: %s", row.id, e.message)
             await store.run(store.mark_failed, row.id, e.message, time.time())
@@ -125,17 +152,65 @@ class JobManager:
         except Exception:
             log.exception("generation %s failed unexpectedly", row.id)
             await store.run(store.mark_failed, row.id, "internal error while generating", time.time())
+        finally:
+            if live.state == "generating":  # failed or cancelled: readers must not see a clean end
+                live.fail()
 
-    async def _generate(self, row: FileRow, api_key: str) -> None:
+    async def _split(self, text: str) -> list[str]:
+        limit = self._settings.upstream_max_chars
+        if len(text) <= limit:
+            return [text]
+        # Up to ~0.1 s for 100,000 characters: off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, split_text, text, limit)
+
+    async def _generate(self, row: FileRow, api_key: str, live: LiveFile) -> None:
+        texts = await self._split(row.text)
+        try:
+            joiner = Joiner(row.format, len(texts))
+        except JoinError as e:
+            raise UpstreamError(str(e), retryable=False) from None
+        live.chunks_total = len(texts)
+        writer = self._blobs.writer(row.id, row.format)
+        live.open(writer.temp, writer.final)
+        parts = [Part(self._blobs.root / TMP_DIR) for _ in texts]
+        job = _Job(row, api_key, joiner, live, asyncio.Semaphore(self._settings.chunk_concurrency))
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for index, text in enumerate(texts):
+                        group.create_task(self._chunk(job, index, text, parts[index]))
+                    group.create_task(assemble(parts, writer, live))
+            except BaseExceptionGroup as group_error:
+                raise _first_cause(group_error) from None
+            for offset, data in joiner.patches(writer.size):
+                writer.patch(offset, data)
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            for part in parts:
+                part.close()
+        # Shielded: once the audio is complete, a cancel must not leave the file and its row out of step.
+        finish = asyncio.ensure_future(self._finish(row, writer, live))
+        self._finishing.add(finish)
+        finish.add_done_callback(self._finishing.discard)
+        await asyncio.shield(finish)
+
+    async def _chunk(self, job: _Job, index: int, text: str, part: Part) -> None:
+        """One chunk, with the core's retry rules: bounded attempts, Retry-After, backoff with jitter."""
         attempts = self._settings.upstream_attempts
+        total = job.live.chunks_total
         for attempt in range(1, attempts + 1):
             try:
-                await self._attempt(row, api_key)
+                await self._attempt(job, text, part, job.joiner.cleaner(index))
+                job.live.chunk_done()
                 return
             except UpstreamError as e:
                 if not e.retryable or attempt == attempts:
                     if attempt > 1:
                         e.message = f"{e.message} (after {attempt} attempts)"
+                    if total > 1:
+                        e.message = f"chunk {index + 1} of {total}: {e.message}"
                     raise
                 delay = e.retry_after
                 if delay is None:
@@ -143,21 +218,25 @@ class JobManager:
                     base = min(MAX_BACKOFF, self._settings.retry_backoff * 2 ** (attempt - 1))
                     delay = base * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not security
                 log.info(
-                    "generation %s attempt %d failed (%s); retrying in %.2fs",
-                    row.id,
+                    "generation %s chunk %d attempt %d failed (%s); retrying in %.2fs",
+                    job.row.id,
+                    index + 1,
                     attempt,
                     e.message,
                     delay,
                 )
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, row: FileRow, api_key: str) -> None:
-        writer = self._blobs.writer(row.id, row.format)
+    async def _attempt(self, job: _Job, text: str, part: Part, cleaner: Cleaner) -> None:
+        row = job.row
+        received = 0
         try:
-            async with self._slots:
+            # The job's own limit first, then a server-wide slot: never more than upstream_concurrency calls.
+            async with job.chunk_slots, self._slots:
+                part.begin()
                 chunks = self._upstream.speech(
-                    api_key,
-                    text=row.text,
+                    job.api_key,
+                    text=text,
                     model=row.model,
                     voice=row.voice,
                     fmt=row.format,
@@ -166,19 +245,20 @@ class JobManager:
                 )
                 async with contextlib.aclosing(chunks):
                     async for chunk in chunks:
-                        writer.write(chunk)
-            if writer.size == 0:
+                        received += len(chunk)
+                        part.write(cleaner.feed(chunk))
+            if received == 0:
                 raise UpstreamError("upstream returned no audio", retryable=True)
+            part.write(cleaner.finish())
+            part.finish()
+        except JoinError as e:
+            part.abort()
+            raise UpstreamError(f"cannot join the upstream's audio: {e}", retryable=False) from None
         except BaseException:
-            writer.discard()
+            part.abort()
             raise
-        # Shielded: once the audio is complete, a cancel must not leave the file and its row out of step.
-        finish = asyncio.ensure_future(self._finish(row, writer))
-        self._finishing.add(finish)
-        finish.add_done_callback(self._finishing.discard)
-        await asyncio.shield(finish)
 
-    async def _finish(self, row: FileRow, writer: BlobWriter) -> None:
+    async def _finish(self, row: FileRow, writer: BlobWriter, live: LiveFile) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(None, writer.commit)
         except BaseException:
@@ -195,3 +275,31 @@ class JobManager:
             expires_at=now + self._settings.retention,
         )  # fmt: skip
         self.ready.put(ready)
+        live.finish()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every chunk of one generation shares."""
+
+    row: FileRow
+    api_key: str
+    joiner: Joiner
+    live: LiveFile
+    chunk_slots: asyncio.Semaphore  # chunk_concurrency: this job's share of the upstream
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that stopped a job's task group: an upstream failure if there is one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    for error in leaves:
+        if isinstance(error, UpstreamError):
+            return error
+    return leaves[0]

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from speccyd.audiojoin import JOINABLE
 from speccyd.errors import ApiError
 from speccyd.store import NewFile
 
@@ -25,7 +26,6 @@ CONTENT_TYPES = {
     "pcm": "audio/pcm",
 }
 FORMATS = tuple(CONTENT_TYPES)
-UPSTREAM_MAX_CHARS = 4096  # OpenAI rejects input longer than this
 MAX_INSTRUCTIONS = 4096
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
@@ -69,22 +69,26 @@ def _choice(body: dict[str, Any], key: str, default: str, allowed: tuple[str, ..
     return str(value)
 
 
-def parse_speech_request(body: dict[str, Any], max_text_chars: int) -> SpeechRequest:
-    """Validate a generate request; each rule fails with its own error code."""
+def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max_chars: int = 4096) -> SpeechRequest:
+    """Validate a generate request; each rule fails with its own error code.
+
+    Text longer than `upstream_max_chars` is split and its audio joined, which only some formats allow.
+    """
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "invalid_text", "text must be a non-empty string")
     if len(text) > max_text_chars:
         raise ApiError(400, "text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}")
-    if len(text) > UPSTREAM_MAX_CHARS:
-        raise ApiError(
-            400,
-            "text_too_long",
-            f"text is {len(text)} characters; the upstream accepts at most {UPSTREAM_MAX_CHARS}",
-        )
     voice = _choice(body, "voice", "alloy", VOICES, "invalid_voice")
     model = _choice(body, "model", "tts-1", MODELS, "invalid_model")
     fmt = _choice(body, "format", "mp3", FORMATS, "invalid_format")
+    if len(text) > upstream_max_chars and fmt not in JOINABLE:
+        raise ApiError(
+            400,
+            "format_not_joinable",
+            f"{fmt} audio is limited to {upstream_max_chars} characters of text (it cannot be joined from parts); "
+            f"this text is {len(text)}: use one of {', '.join(JOINABLE)} for long text",
+        )
 
     speed = body.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed):

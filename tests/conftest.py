@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from speccyd.app import create_app
 from speccyd.settings import Settings, load_settings
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import CLIP_RATE, FakeUpstream, ffmpeg_available, make_clips
 
 AppClient = TestClient[web.Request, web.Application]
 
@@ -108,3 +111,32 @@ async def wait_status(
 
     result: dict[str, Any] = await eventually(check, what=f"status {wanted}")
     return result
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[bytes]]:
+    """Real encoded audio for every format, made once per session; skips where ffmpeg is missing."""
+    if not ffmpeg_available():
+        pytest.skip("ffmpeg/ffprobe not installed (Debian: apt-get install -y ffmpeg); needed to test real audio")
+    return make_clips(tmp_path_factory.mktemp("clips"))
+
+
+@dataclass
+class Decoded:
+    seconds: float
+    errors: str
+
+
+def decode(data: bytes, fmt: str, directory: Path) -> Decoded:
+    """Decode audio with ffmpeg to 24 kHz mono samples: its exact duration, and anything ffmpeg complained of."""
+    source = directory / f"decode-{hashlib.sha256(data).hexdigest()[:12]}.{fmt}"
+    source.write_bytes(data)
+    raw_input = ["-f", "s16le", "-ar", str(CLIP_RATE), "-ac", "1"] if fmt == "pcm" else []
+    result = subprocess.run(
+        ["ffmpeg", "-v", "error", *raw_input, "-i", str(source), "-f", "s16le", "-ac", "1", "-ar", str(CLIP_RATE), "-"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    errors = result.stderr.decode(errors="replace") + ("" if result.returncode == 0 else f"exit {result.returncode}")
+    return Decoded(len(result.stdout) / 2 / CLIP_RATE, errors)

@@ -8,8 +8,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
+import subprocess
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +29,9 @@ class Fault:
     kind: "status" (HTTP `status` with an OpenAI error body, optional Retry-After), "reset" (connection
     dropped before any byte), "reset_mid" (dropped after half the audio), "cut" (Content-Length promises
     more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "wrong_type"
-    (200 text/html).
+    (200 text/html), "pause_mid" (half the audio, then the rest once `pause` is set).
+    With `pause`, "reset_mid" also waits for it before dropping the connection. With `match`, the fault
+    is kept for the first request whose input contains that text (a given chunk of a long text).
     """
 
     kind: str = "status"
@@ -32,6 +39,44 @@ class Fault:
     retry_after: str | None = None
     message: str = "fake upstream failure"
     code: str | None = None
+    pause: asyncio.Event | None = None
+    match: str | None = None
+
+
+# Real audio for join tests: the duration of each clip is picked from the request's input length.
+CLIP_DURATIONS = (0.6, 0.9, 1.3)
+CLIP_RATE = 24000  # what OpenAI sends: 24 kHz mono
+_FFMPEG_OUTPUT = {
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k", "-f", "mp3"],
+    "aac": ["-c:a", "aac", "-b:a", "64k", "-f", "adts"],
+    "wav": ["-c:a", "pcm_s16le", "-f", "wav"],
+    "pcm": ["-c:a", "pcm_s16le", "-f", "s16le"],
+    "flac": ["-c:a", "flac", "-f", "flac"],
+    "opus": ["-c:a", "libopus", "-b:a", "32k", "-ar", "48000", "-f", "ogg"],
+}
+
+
+def ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def make_clips(directory: Path) -> dict[str, list[bytes]]:
+    """Small real clips per format (a tone per duration in CLIP_DURATIONS), encoded by ffmpeg."""
+
+    def encode(fmt: str, i: int) -> bytes:
+        path = directory / f"clip{i}.{fmt}"
+        source = f"sine=frequency={300 + 150 * i}:sample_rate={CLIP_RATE}:duration={CLIP_DURATIONS[i]}"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-ac", "1", *_FFMPEG_OUTPUT[fmt], str(path)],
+            check=True,
+            timeout=60,
+        )
+        return path.read_bytes()
+
+    jobs = [(fmt, i) for fmt in _FFMPEG_OUTPUT for i in range(len(CLIP_DURATIONS))]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        encoded = dict(zip(jobs, pool.map(lambda job: encode(*job), jobs), strict=True))
+    return {fmt: [encoded[fmt, i] for i in range(len(CLIP_DURATIONS))] for fmt in _FFMPEG_OUTPUT}
 
 
 @dataclass
@@ -39,6 +84,7 @@ class Call:
     path: str
     api_key: str | None
     body: dict[str, Any] | None
+    clip: int | None = None  # which real clip was served, when serving real audio
 
 
 @dataclass
@@ -53,6 +99,10 @@ class FakeUpstream:
     calls: list[Call] = field(default_factory=list)
     # While cleared, speech requests wait: a test holds a generation "in flight" as long as it needs.
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    # When set (format -> clips from make_clips), speech is real encoded audio instead of made-up bytes.
+    clips: dict[str, list[bytes]] | None = None
+    in_flight: int = 0  # speech requests being answered now
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -60,6 +110,17 @@ class FakeUpstream:
     @property
     def speech_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith("/audio/speech")]
+
+    @staticmethod
+    def clip_index(text: str) -> int:
+        return len(text) % len(CLIP_DURATIONS)
+
+    def _next_fault(self, text: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.match is None or fault.match in text:
+                self.faults.remove(fault)
+                return fault
+        return None
 
     @staticmethod
     def audio_for(body: dict[str, Any], size: int) -> bytes:
@@ -88,15 +149,37 @@ class FakeUpstream:
         return web.json_response({"object": "list", "data": data})
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        left = False
+
+        def leave() -> None:
+            # Counted out before the last byte is sent, so a client never sees the end while it still counts.
+            nonlocal left
+            if not left:
+                left = True
+                self.in_flight -= 1
+
+        try:
+            return await self._speech(request, leave)
+        finally:
+            leave()
+
+    async def _speech(self, request: web.Request, leave: Callable[[], None]) -> web.StreamResponse:
         key = self._key(request)
         body = await request.json()
-        self.calls.append(Call(request.path, key, body))
+        call = Call(request.path, key, body)
+        self.calls.append(call)
         await self.gate.wait()
         denied = self._auth_error(key)
         if denied is not None:
             return denied
-        fault = self.faults.popleft() if self.faults else None
-        audio = self.audio_for(body, self.audio_size)
+        fault = self._next_fault(str(body.get("input", "")))
+        if self.clips is not None:
+            call.clip = self.clip_index(str(body["input"]))
+            audio = self.clips[body.get("response_format", "mp3")][call.clip]
+        else:
+            audio = self.audio_for(body, self.audio_size)
         if fault is not None and fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
             return _error(fault.status, fault.message, fault.code, headers)
@@ -119,10 +202,14 @@ class FakeUpstream:
         if fault is not None and fault.kind == "stall":
             await asyncio.sleep(3600)
         for offset in range(0, len(audio), self.chunk_size):
-            if fault is not None and fault.kind == "reset_mid" and offset >= len(audio) // 2:
-                assert request.transport is not None
-                request.transport.close()
-                return response
+            if fault is not None and fault.kind in ("reset_mid", "pause_mid") and offset >= len(audio) // 2:
+                if fault.pause is not None:
+                    await fault.pause.wait()
+                if fault.kind == "reset_mid":
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                fault = None
             await response.write(audio[offset : offset + self.chunk_size])
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
@@ -130,6 +217,7 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.close()
             return response
+        leave()
         await response.write_eof()
         return response
 

@@ -131,16 +131,16 @@ async def test_users_cannot_reach_each_others_files(client: AppClient) -> None:
     assert (await client.get(url, headers=alice)).status == 200
 
 
-async def test_generating_file_is_202_with_retry_after(client: AppClient, fake: FakeUpstream) -> None:
-    """A file still being generated answers 202 with Retry-After instead of partial audio."""
+async def test_generating_file_streams_instead_of_202(client: AppClient, fake: FakeUpstream) -> None:
+    """A file still being generated answers 200 at once and streams (the core's 202 is gone; see test_streaming)."""
     headers = await sign_in(client)
     fake.gate.clear()
     _, body = await generate(client, headers)
     response = await client.get(f"/files/{body['file_id']}", headers=headers)
-    assert response.status == 202
-    assert response.headers["Retry-After"] == "1"
-    assert await response.json() == {"status": "generating"}
+    assert response.status == 200
+    assert response.headers["Transfer-Encoding"] == "chunked"
     fake.gate.set()
+    assert len(await response.read()) == fake.audio_size
     await wait_status(client, headers, body["content_hash"])
 
 

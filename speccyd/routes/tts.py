@@ -21,7 +21,7 @@ async def generate(request: web.Request) -> web.Response:
     if wait:
         raise ApiError(429, "rate_limited", f"too many requests; try again in {wait}s", {"Retry-After": str(wait)})
     settings = request.app[SETTINGS]
-    speech = parse_speech_request(await json_body(request), settings.max_text_chars)
+    speech = parse_speech_request(await json_body(request), settings.max_text_chars, settings.upstream_max_chars)
 
     row = await request.app[JOBS].request(user_id, speech)
     status = 200 if row.status == "ready" else 202
@@ -35,7 +35,13 @@ async def status(request: web.Request) -> web.Response:
     row = await store.run(store.get_by_hash, user_id, request.match_info["content_hash"])
     if row is None or row.is_expired(time.time()):
         raise ApiError(404, "not_found", "no audio for this content hash")
-    return web.json_response(file_json(request, row))
+    data = file_json(request, row)
+    live = request.app[JOBS].live(row.id) if row.status == "generating" else None
+    if live is not None and live.chunks_total:
+        # Progress lives with the job in memory: it is only true while this process runs that job.
+        data["chunks_done"] = live.chunks_done
+        data["chunks_total"] = live.chunks_total
+    return web.json_response(data)
 
 
 @routes.delete(f"/tts/{FILE_ID}")
