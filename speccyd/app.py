@@ -14,7 +14,18 @@ from speccyd.cleanup import cleanup_loop
 from speccyd.crypto import ServerSecrets
 from speccyd.datadir import init_data_dir
 from speccyd.errors import error_middleware
-from speccyd.keys import AUTH_FAILURE_LIMIT, BLOBS, GENERATE_LIMIT, JOBS, SECRETS, SETTINGS, STORE, UPSTREAM
+from speccyd.keycache import KeyCache
+from speccyd.keys import (
+    AUTH_FAILURE_LIMIT,
+    BLOBS,
+    GENERATE_LIMIT,
+    JOBS,
+    KEY_CACHE,
+    SECRETS,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
 from speccyd.ratelimit import RateLimiter
 from speccyd.routes import setup_routes
 from speccyd.settings import Settings
@@ -74,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
     app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
+    app[KEY_CACHE] = KeyCache(settings.key_cache_ttl)
     app.cleanup_ctx.extend([storage_ctx, upstream_ctx, jobs_ctx, cleanup_ctx])
     setup_routes(app)
     return app

@@ -152,6 +152,10 @@ SPECS: dict[str, Spec] = {
     "mdns": Spec(_switch, "on", "Advertise _speccy._tcp on the LAN (on/off)."),
     "mdns_interfaces": Spec(_interfaces, "all", "'all' or a list of IP addresses to announce on."),
     "log_level": Spec(_log_level, "info", "debug, info, warning or error."),
+    "key_cache_ttl": Spec(
+        parse_duration, "5m", "How long an OpenAI key checked for /v1 requests is trusted before asking again."
+    ),
+    "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its audio."),
 }
 
 
@@ -175,6 +179,8 @@ class Settings:
     mdns: bool
     mdns_interfaces: tuple[str, ...]
     log_level: str
+    key_cache_ttl: float
+    speech_wait: float
 
     @property
     def db_path(self) -> Path:
