@@ -40,7 +40,11 @@ _OPENAI_TYPES = {
     429: "rate_limit_error",
 }
 # Where speccyd's own code differs from the one OpenAI clients know.
-_OPENAI_CODES = {"invalid_openai_token": "invalid_api_key", "unauthorized": "invalid_api_key"}
+_OPENAI_CODES = {
+    "invalid_openai_token": "invalid_api_key",
+    "unauthorized": "invalid_api_key",
+    "invalid_authorization": "invalid_api_key",
+}
 
 
 class ApiError(Exception):

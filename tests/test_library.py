@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from speccyd.cleanup import expire, purge
 from speccyd.keys import BLOBS, STORE
-from speccyd.store import MIGRATIONS, PurgeFilter, Store
+from speccyd.store import MIGRATIONS, NewFile, PurgeFilter, Store
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 
 
@@ -259,3 +263,60 @@ def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> None:
         assert changes.next_cursor == 3
     finally:
         store.close()
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["claim", "ready", "delete", "purge", "page"]), st.integers(0, 12), st.integers(1, 4)),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS)
+def test_any_interleaving_of_changes_and_pages_converges(ops: list[tuple[str, int, int]]) -> None:
+    """For any mix of creates, completions, deletes, purges and page reads, a device ends with the truth."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "sync.db")
+        try:
+            users = [store.upsert_user(f"hash-{name}", lambda _: b"k", 0.0) for name in ("alice", "bob")]
+            files: dict[str, tuple[str, float]] = {}
+            cursor, last_seq = 0, 0
+            for op, n, k in ops:
+                now = time.time()
+                user = users[n % 2]
+                if op == "claim":
+                    new = NewFile(f"{n:064x}", "tts-1", "alloy", "mp3", 1.0, None, f"text {n}")
+                    store.claim(user, new, now, 3600)
+                elif op == "ready":
+                    generating = store.generating()
+                    if generating:
+                        store.mark_ready(generating[n % len(generating)].id, 10, "0" * 64, now, 3600)
+                elif op == "delete":
+                    rows = store.select_purge(PurgeFilter(user_id=user), now)
+                    if rows:
+                        store.delete_file(user, rows[n % len(rows)].id)
+                elif op == "purge":
+                    store.delete_purge(PurgeFilter(user_id=user), now, k)
+                else:
+                    page = store.changes_since(users[0], cursor, k)
+                    seqs = sorted([s for s, _ in page.files] + [t.seq for t in page.tombstones])
+                    assert all(s > last_seq for s in seqs) and len(seqs) <= k
+                    last_seq = seqs[-1] if seqs else last_seq
+                    for _, row in page.files:
+                        files[row.id] = (row.status, row.expires_at)
+                    for gone in page.tombstones:
+                        files.pop(gone.file_id, None)
+                    cursor = page.next_cursor
+            while True:
+                page = store.changes_since(users[0], cursor, 5)
+                for _, row in page.files:
+                    files[row.id] = (row.status, row.expires_at)
+                for gone in page.tombstones:
+                    files.pop(gone.file_id, None)
+                cursor = page.next_cursor
+                if not page.has_more:
+                    break
+            truth = {r.id: (r.status, r.expires_at) for r in store.select_purge(PurgeFilter(user_id=users[0]), 0)}
+            assert files == truth
+        finally:
+            store.close()

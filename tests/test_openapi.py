@@ -15,6 +15,7 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from speccyd.routes.contract import openapi_document
+from speccyd.tts import FORMATS, MODELS, VOICES
 from tests.conftest import AppClient, generate, sign_in, wait_status
 from tests.fake_upstream import Fault
 
@@ -61,6 +62,14 @@ def test_document_is_openapi_31_with_valid_schemas() -> None:
     assert DOC["openapi"].startswith("3.1")
     for schema in DOC["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
+
+
+def test_documented_choices_match_the_code() -> None:
+    """Voices, models and formats in the document are exactly the ones speccyd accepts."""
+    schemas = DOC["components"]["schemas"]
+    assert schemas["Voice"]["enum"] == list(VOICES)
+    assert schemas["Model"]["enum"] == list(MODELS)
+    assert schemas["Format"]["enum"] == list(FORMATS)
 
 
 async def test_every_route_is_documented_and_every_operation_exists(client: AppClient) -> None:
