@@ -265,22 +265,53 @@ def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> None:
         store.close()
 
 
+# Weighted towards creating and finishing files, so libraries grow and changes pile up between syncs.
 OPS = st.lists(
-    st.tuples(st.sampled_from(["claim", "ready", "delete", "purge", "page"]), st.integers(0, 12), st.integers(1, 4)),
+    st.tuples(
+        st.sampled_from(["claim"] * 3 + ["ready"] * 3 + ["delete", "purge", "page", "page", "sync"]),
+        st.integers(0, 12),
+        st.integers(1, 4),
+    ),
     max_size=60,
 )
+
+
+class StoreDevice:
+    """A device's copy of one user's library, built only from Store.changes_since pages."""
+
+    def __init__(self, store: Store, user_id: str) -> None:
+        self.store, self.user_id = store, user_id
+        self.files: dict[str, tuple[str, float]] = {}
+        self.cursor = self.last_seq = 0
+
+    def page(self, limit: int) -> bool:
+        page = self.store.changes_since(self.user_id, self.cursor, limit)
+        seqs = sorted([s for s, _ in page.files] + [t.seq for t in page.tombstones])
+        assert len(seqs) <= limit and all(s > self.last_seq for s in seqs)  # change order, nothing twice
+        self.last_seq = seqs[-1] if seqs else self.last_seq
+        for _, row in page.files:
+            self.files[row.id] = (row.status, row.expires_at)
+        for gone in page.tombstones:
+            self.files.pop(gone.file_id, None)
+        self.cursor = page.next_cursor
+        return page.has_more
+
+    def sync_and_check(self) -> None:
+        while self.page(5):
+            pass
+        truth = self.store.select_purge(PurgeFilter(user_id=self.user_id), 0)
+        assert self.files == {r.id: (r.status, r.expires_at) for r in truth}
 
 
 @settings(max_examples=60, deadline=None)
 @given(ops=OPS)
 def test_any_interleaving_of_changes_and_pages_converges(ops: list[tuple[str, int, int]]) -> None:
-    """For any mix of creates, completions, deletes, purges and page reads, a device ends with the truth."""
+    """For any mix of creates, completions, deletes, purges and page reads, every full sync equals the truth."""
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "sync.db")
         try:
             users = [store.upsert_user(f"hash-{name}", lambda _: b"k", 0.0) for name in ("alice", "bob")]
-            files: dict[str, tuple[str, float]] = {}
-            cursor, last_seq = 0, 0
+            device = StoreDevice(store, users[0])
             for op, n, k in ops:
                 now = time.time()
                 user = users[n % 2]
@@ -297,26 +328,10 @@ def test_any_interleaving_of_changes_and_pages_converges(ops: list[tuple[str, in
                         store.delete_file(user, rows[n % len(rows)].id)
                 elif op == "purge":
                     store.delete_purge(PurgeFilter(user_id=user), now, k)
+                elif op == "page":
+                    device.page(k)
                 else:
-                    page = store.changes_since(users[0], cursor, k)
-                    seqs = sorted([s for s, _ in page.files] + [t.seq for t in page.tombstones])
-                    assert all(s > last_seq for s in seqs) and len(seqs) <= k
-                    last_seq = seqs[-1] if seqs else last_seq
-                    for _, row in page.files:
-                        files[row.id] = (row.status, row.expires_at)
-                    for gone in page.tombstones:
-                        files.pop(gone.file_id, None)
-                    cursor = page.next_cursor
-            while True:
-                page = store.changes_since(users[0], cursor, 5)
-                for _, row in page.files:
-                    files[row.id] = (row.status, row.expires_at)
-                for gone in page.tombstones:
-                    files.pop(gone.file_id, None)
-                cursor = page.next_cursor
-                if not page.has_more:
-                    break
-            truth = {r.id: (r.status, r.expires_at) for r in store.select_purge(PurgeFilter(user_id=users[0]), 0)}
-            assert files == truth
+                    device.sync_and_check()
+            device.sync_and_check()
         finally:
             store.close()
