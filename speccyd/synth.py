@@ -33,10 +33,6 @@ class JobManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
 
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now."""
         store = self._store
