@@ -196,7 +196,9 @@ async def lag_report(control: int) -> None:
                 body: dict[str, Any] = await r.json()
                 return body
 
-        print(f"\nevent-loop lag in the speccyd process (1 ms heartbeat) during a cleanup of {EXPIRED_ROWS} expired rows")
+        print(
+            f"\nevent-loop lag in the speccyd process (1 ms heartbeat) during a cleanup of {EXPIRED_ROWS} expired rows"
+        )
         for mode, label in (
             ("idle", "nothing running (floor)"),
             ("thread", "cleanup on the store thread (speccyd)"),
