@@ -152,6 +152,21 @@ async def test_openai_key_maps_to_the_signed_in_user(client: AppClient, fake: Fa
     assert library["files"][0]["voice"] == "echo"
 
 
+async def test_sign_in_primes_the_key_cache(client: AppClient, fake: FakeUpstream) -> None:
+    """After /auth/verify checked a key, /v1 requests with that key ask the upstream nothing more."""
+    await sign_in(client, KEY)
+    checks = len([c for c in fake.calls if c.path.endswith("/models")])
+    for _ in range(3):
+        response = await client.post(
+            "/v1/audio/speech",
+            json={"model": "tts-1", "voice": "alloy", "input": "Primed"},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert response.status == 200
+    assert len([c for c in fake.calls if c.path.endswith("/models")]) == checks
+    assert len(fake.speech_calls) == 1
+
+
 async def test_key_verification_is_cached_for_a_bounded_time(
     make_client: Callable[..., Awaitable[AppClient]], fake: FakeUpstream
 ) -> None:

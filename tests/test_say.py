@@ -108,6 +108,16 @@ async def test_say_format_follows_the_output_suffix(server: str, fake: FakeUpstr
     assert "suffix must be one of" in result.output
 
 
+async def test_say_reads_the_text_from_stdin(server: str, fake: FakeUpstream, tmp_path: Path) -> None:
+    """`speccyd say -` speaks what arrives on standard input."""
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["say", "-", "--server", server, "-o", str(tmp_path / "piped.mp3")],
+        input="Text from a pipe.\n", env={"OPENAI_API_KEY": "sk-test-alice"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert fake.speech_calls[0].body is not None and fake.speech_calls[0].body["input"] == "Text from a pipe.\n"
+
+
 async def test_say_reports_refusals_clearly(server: str, fake: FakeUpstream, tmp_path: Path) -> None:
     """No key, a refused key, a bad voice and a failed generation each end with the server's reason."""
     code, output = await say_in_process("Hi", "--server", server, key=None, cwd=tmp_path)
