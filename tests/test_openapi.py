@@ -165,7 +165,7 @@ async def test_schemathesis_finds_no_server_errors_or_schema_violations(client: 
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
         "response_schema_conformance,response_headers_conformance",
         "--max-examples", "10", "--seed", "6", "--workers", "1",
-        "--phases", "examples,coverage,fuzzing",
+        "--phases", "examples,coverage,fuzzing,stateful",
         "--request-timeout", "10",
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
