@@ -14,11 +14,13 @@ from speccyd.cleanup import cleanup_loop
 from speccyd.crypto import ServerSecrets
 from speccyd.datadir import init_data_dir
 from speccyd.errors import error_middleware
+from speccyd.keycache import KeyCache
 from speccyd.keys import (
     AUTH_FAILURE_LIMIT,
     BLOBS,
     GENERATE_LIMIT,
     JOBS,
+    KEY_CACHE,
     SECRETS,
     SESSIONS,
     SETTINGS,
@@ -98,6 +100,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
     app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
+    app[KEY_CACHE] = KeyCache(settings.key_cache_ttl)
     app.cleanup_ctx.extend([storage_ctx, upstream_ctx, jobs_ctx, cleanup_ctx])
     app.on_shutdown.append(end_live_streams)
     setup_routes(app)

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 # Rows deleted per transaction: the write lock is held for milliseconds, so requests never queue behind it.
 BATCH = 200
 LAST_CLEANUP = "last_cleanup"
+# Deletions are reported to syncing devices this long; a device away longer syncs its library from scratch.
+TOMBSTONE_KEEP = 90 * 86400.0
 
 
 def purge(
@@ -42,6 +44,7 @@ def expire(store: Store, blobs: Blobs) -> list[FileRow]:
     """One cleanup pass: remove expired audio and record when it ran."""
     now = time.time()
     removed = purge(store, blobs, PurgeFilter(expired=True), now)
+    store.prune_tombstones(now - TOMBSTONE_KEEP)
     store.set_meta(LAST_CLEANUP, repr(now))
     return removed
 

@@ -25,17 +25,68 @@ _HTTP_CODES = {
 }
 
 
+# The OpenAI-compatible API lives under this prefix and answers errors in OpenAI's envelope.
+OPENAI_PREFIX = "/v1/"
+
+# OpenAI's error "type" for each status; its SDKs pick the exception class from the status alone.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+# Where speccyd's own code differs from the one OpenAI clients know.
+_OPENAI_CODES = {
+    "invalid_openai_token": "invalid_api_key",
+    "unauthorized": "invalid_api_key",
+    "invalid_authorization": "invalid_api_key",
+}
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.param = param  # the request field at fault, for OpenAI-style errors
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def openai_error_response(
+    status: int, code: str, message: str, param: str | None = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    error_type = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": _OPENAI_CODES.get(code, code)}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _respond(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    param: str | None = None,
+) -> web.Response:
+    if request.path.startswith(OPENAI_PREFIX):
+        return openai_error_response(status, code, message, param, headers)
+    return error_response(status, code, message, headers)
 
 
 @web.middleware
@@ -43,15 +94,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as e:
-        return error_response(e.status, e.code, e.message, e.headers)
+        return _respond(request, e.status, e.code, e.message, e.headers, e.param)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = _HTTP_CODES.get(e.status, "http_error")
         message = e.reason if e.status != 413 else "request body is larger than 1 MiB"
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After", "Content-Range")}
-        return error_response(e.status, code, message, headers)
+        return _respond(request, e.status, code, message, headers)
     except Exception:
         # The traceback goes to the log only; the client learns nothing about internals.
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal server error")
+        return _respond(request, 500, "internal_error", "internal server error")

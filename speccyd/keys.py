@@ -6,6 +6,7 @@ from aiohttp import web
 
 from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
+from speccyd.keycache import KeyCache
 from speccyd.ratelimit import RateLimiter
 from speccyd.sessions import Sessions
 from speccyd.settings import Settings
@@ -22,3 +23,4 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 JOBS = web.AppKey("jobs", JobManager)
 GENERATE_LIMIT = web.AppKey("generate_limit", RateLimiter)
 AUTH_FAILURE_LIMIT = web.AppKey("auth_failure_limit", RateLimiter)
+KEY_CACHE = web.AppKey("key_cache", KeyCache)

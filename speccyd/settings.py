@@ -158,6 +158,10 @@ SPECS: dict[str, Spec] = {
     "chunk_concurrency": Spec(
         _int(1, 64), "4", "Chunks of one long text generated at once (within upstream_concurrency)."
     ),
+    "key_cache_ttl": Spec(
+        parse_duration, "5m", "How long an OpenAI key checked for /v1 requests is trusted before asking again."
+    ),
+    "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its audio."),
 }
 
 
@@ -183,6 +187,8 @@ class Settings:
     log_level: str
     upstream_max_chars: int
     chunk_concurrency: int
+    key_cache_ttl: float
+    speech_wait: float
 
     @property
     def db_path(self) -> Path:

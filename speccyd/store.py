@@ -79,8 +79,56 @@ def _m1_initial(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('server_id', ?)", (str(uuid.uuid4()),))
 
 
+def _m2_change_log(db: sqlite3.Connection) -> None:
+    """A change sequence for device sync: every insert, update and delete of a file takes the next number.
+
+    Triggers do the bookkeeping, so every writer (claim, mark_ready, delete, purge, cleanup, the CLI, a
+    user's ON DELETE CASCADE) records its change in the same transaction without knowing about sync.
+    """
+    # Seconds since the epoch; unixepoch('subsec') needs SQLite 3.42, Debian 12 ships 3.40.
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
+    statements = [
+        "CREATE TABLE change_clock (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
+        "ALTER TABLE audio_files ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        # Existing files get sequence numbers in creation order, so a first sync lists them oldest first.
+        """UPDATE audio_files SET seq = (
+            SELECT count(*) FROM audio_files o
+            WHERE o.created_at < audio_files.created_at
+               OR (o.created_at = audio_files.created_at AND o.id <= audio_files.id))""",
+        "INSERT INTO change_clock (id, seq) SELECT 1, count(*) FROM audio_files",
+        "CREATE INDEX audio_files_user_seq ON audio_files(user_id, seq)",
+        """CREATE TABLE tombstones (
+            seq INTEGER PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            file_id TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            reason TEXT NOT NULL CHECK (reason IN ('deleted', 'expired')),
+            at REAL NOT NULL
+        )""",
+        "CREATE INDEX tombstones_user_seq ON tombstones(user_id, seq)",
+        """CREATE TRIGGER audio_files_seq_insert AFTER INSERT ON audio_files BEGIN
+            UPDATE change_clock SET seq = seq + 1;
+            UPDATE audio_files SET seq = (SELECT seq FROM change_clock) WHERE id = NEW.id;
+        END""",
+        # The WHEN clause skips the trigger's own seq update (and the insert trigger's).
+        """CREATE TRIGGER audio_files_seq_update AFTER UPDATE ON audio_files WHEN NEW.seq = OLD.seq BEGIN
+            UPDATE change_clock SET seq = seq + 1;
+            UPDATE audio_files SET seq = (SELECT seq FROM change_clock) WHERE id = NEW.id;
+        END""",
+        f"""CREATE TRIGGER audio_files_tombstone AFTER DELETE ON audio_files BEGIN
+            UPDATE change_clock SET seq = seq + 1;
+            INSERT INTO tombstones (seq, user_id, file_id, content_hash, reason, at) VALUES (
+                (SELECT seq FROM change_clock), OLD.user_id, OLD.id, OLD.content_hash,
+                CASE WHEN OLD.status != 'generating' AND OLD.expires_at <= {now} THEN 'expired' ELSE 'deleted' END,
+                {now});
+        END""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only: a migration that has shipped is never edited, and its position is its version.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_change_log]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -160,6 +208,33 @@ class PurgeFilter:
     user_id: str | None = None
     older_than: float | None = None  # seconds
 
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A file that is gone (deleted by its user or a purge, or expired), as device sync reports it."""
+
+    seq: int
+    file_id: str
+    content_hash: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of a user's library changes, in change order."""
+
+    files: list[tuple[int, FileRow]]  # (seq, row)
+    tombstones: list[Tombstone]
+    next_cursor: int
+    has_more: bool
+
+
+class CursorTooOld(Exception):
+    """The cursor is older than the oldest kept tombstone, or newer than anything this database wrote."""
+
+
+TOMBSTONES_PRUNED = "tombstones_pruned_seq"
 
 _FILE_COLUMNS = ", ".join(FileRow.__dataclass_fields__)
 _FILE_PLACEHOLDERS = ", ".join("?" * len(FileRow.__dataclass_fields__))
@@ -437,6 +512,60 @@ class Store:
                 [*args, limit],
             ).fetchall()
         return [FileRow(*r) for r in rows]
+
+    # --- device sync ---
+
+    def changes_since(self, user_id: str, since: int, limit: int) -> ChangePage:
+        """Files changed and files removed after `since`, merged in change order, at most `limit` of both."""
+        # One read transaction: both tables and the clock come from the same snapshot, even while the
+        # CLI purges from another process.
+        self._db.execute("BEGIN")
+        try:
+            clock = int(self._db.execute("SELECT seq FROM change_clock").fetchone()[0])
+            pruned = int(self.get_meta(TOMBSTONES_PRUNED) or 0)
+            if since > clock:
+                raise CursorTooOld(f"cursor {since} is ahead of this server's changes ({clock})")
+            if 0 < since < pruned:
+                raise CursorTooOld(f"cursor {since} is older than the kept deletions (from {pruned})")
+            files = [
+                (int(r[0]), FileRow(*r[1:]))
+                for r in self._db.execute(
+                    f"SELECT seq, {_FILE_COLUMNS} FROM audio_files WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (user_id, since, limit + 1),
+                )
+            ]
+            tombstones = [
+                Tombstone(*r)
+                for r in self._db.execute(
+                    "SELECT seq, file_id, content_hash, reason, at FROM tombstones "
+                    "WHERE user_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (user_id, since, limit + 1),
+                )
+            ]
+        finally:
+            self._db.execute("COMMIT")
+        merged = sorted([seq for seq, _ in files] + [t.seq for t in tombstones])
+        has_more = len(merged) > limit
+        last = merged[limit - 1] if has_more else (merged[-1] if merged else since)
+        return ChangePage(
+            files=[(seq, row) for seq, row in files if seq <= last],
+            tombstones=[t for t in tombstones if t.seq <= last],
+            next_cursor=last,
+            has_more=has_more,
+        )
+
+    def prune_tombstones(self, before: float) -> int:
+        """Forget deletions older than `before`; cursors from before them must sync from the start."""
+        with self._write() as db:
+            row = db.execute("SELECT count(*), max(seq) FROM tombstones WHERE at < ?", (before,)).fetchone()
+            if not row[0]:
+                return 0
+            db.execute("DELETE FROM tombstones WHERE seq <= ?", (row[1],))
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (TOMBSTONES_PRUNED, str(row[1])),
+            )
+            return int(row[0])
 
     # --- usage ---
 

@@ -70,7 +70,7 @@ def test_one_row_per_user_and_content(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         store._db.execute(
             "INSERT INTO audio_files SELECT 'x' || id, user_id, content_hash, status, model, voice, format, speed, "
-            "instructions, text, characters, size_bytes, sha256, error, created_at, updated_at, expires_at "
+            "instructions, text, characters, size_bytes, sha256, error, created_at, updated_at, expires_at, seq "
             "FROM audio_files"
         )
     store.close()

@@ -1,0 +1,180 @@
+"""The OpenAPI contract: the document covers every route, real responses validate against it, and a
+schemathesis run against a live server finds no server errors and no responses that break it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from jsonschema import Draft202012Validator
+
+from speccyd.routes.contract import openapi_document
+from speccyd.tts import FORMATS, MODELS, VOICES
+from tests.conftest import AppClient, generate, sign_in, wait_status
+from tests.fake_upstream import Fault
+
+DOC: dict[str, Any] = json.loads(openapi_document())
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def operation_for(method: str, path: str) -> tuple[str, dict[str, Any]]:
+    """The documented template and operation that a concrete request path matches."""
+    for template, item in DOC["paths"].items():
+        pattern = "^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path) and method.lower() in item:
+            return template, item[method.lower()]
+    raise AssertionError(f"{method} {path} is not in the OpenAPI document")
+
+
+def check_contract(method: str, path: str, status: int, content_type: str | None, body: bytes) -> None:
+    """Fail unless the response is one the document describes, with a body its schema accepts."""
+    template, operation = operation_for(method, path)
+    responses = operation["responses"]
+    described = responses.get(str(status)) or responses.get("default")
+    assert described is not None, f"{method} {template}: status {status} is not documented"
+    content = described.get("content")
+    if content is None:
+        assert body == b"", f"{method} {template} {status}: body where none is documented"
+        return
+    media = (content_type or "").split(";")[0].strip()
+    assert media in content, f"{method} {template} {status}: {media} is not one of {sorted(content)}"
+    if media == "application/json":
+        schema = {**content[media]["schema"], "components": DOC["components"]}
+        validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+        validator.validate(json.loads(body))
+
+
+async def call(client: AppClient, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+    response = await client.request(method, path, **kwargs)
+    body = await response.read()
+    check_contract(method, path.split("?")[0], response.status, response.headers.get("Content-Type"), body)
+    return response.status, body
+
+
+def test_document_is_openapi_31_with_valid_schemas() -> None:
+    """The document declares OpenAPI 3.1 and every schema in it is valid JSON Schema 2020-12."""
+    assert DOC["openapi"].startswith("3.1")
+    for schema in DOC["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+
+
+def test_documented_choices_match_the_code() -> None:
+    """Voices, models and formats in the document are exactly the ones speccyd accepts."""
+    schemas = DOC["components"]["schemas"]
+    assert schemas["Voice"]["enum"] == list(VOICES)
+    assert schemas["Model"]["enum"] == list(MODELS)
+    assert schemas["Format"]["enum"] == list(FORMATS)
+
+
+async def test_every_route_is_documented_and_every_operation_exists(client: AppClient) -> None:
+    """The router and the document list the same operations: nothing undocumented, nothing imaginary."""
+    app: web.Application = client.server.app
+    routed = set()
+    for route in app.router.routes():
+        if route.method == "HEAD" or route.resource is None:
+            continue
+        routed.add((route.method.lower(), route.resource.canonical))
+    documented = {(m, path) for path, item in DOC["paths"].items() for m in item if m in METHODS}
+    assert routed == documented
+
+
+async def test_served_document_is_the_one_in_the_repository(client: AppClient) -> None:
+    """GET /openapi.json serves speccyd/openapi.json byte for byte."""
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    assert await response.read() == (Path(__file__).parents[1] / "speccyd" / "openapi.json").read_bytes()
+
+
+async def test_real_responses_validate_against_the_document(client: AppClient) -> None:
+    """Every endpoint's successes and typical errors, from a live server, match the document."""
+    await call(client, "GET", "/healthz")
+    await call(client, "GET", "/openapi.json")
+    await call(client, "POST", "/auth/verify", json={"openai_token": "sk-wrong"})
+    await call(client, "POST", "/auth/verify", data=b"not json")
+    headers = await sign_in(client)
+    status, body = await call(client, "POST", "/tts/generate", json={"text": "Contract"}, headers=headers)
+    assert status == 202
+    created = json.loads(body)
+    await call(client, "GET", f"/files/{created['file_id']}", headers=headers)  # 202 or the audio
+    await wait_status(client, headers, created["content_hash"])
+    await call(client, "POST", "/tts/generate", json={"text": "Contract"}, headers=headers)  # 200 cache hit
+    await call(client, "POST", "/tts/generate", json={"text": "x", "voice": "nobody"}, headers=headers)
+    await call(client, "POST", "/tts/generate", json={"text": "x"})
+    await call(client, "GET", f"/tts/{created['content_hash']}/status", headers=headers)
+    await call(client, "GET", f"/tts/{'0' * 64}/status", headers=headers)
+    await call(client, "GET", f"/files/{created['file_id']}", headers=headers)
+    await call(client, "GET", f"/files/{created['file_id']}", headers={**headers, "Range": "bytes=0-99"})
+    await call(client, "GET", f"/files/{created['file_id']}", headers={**headers, "Range": "bytes=99999-"})
+    await call(client, "GET", f"/files/{created['file_id']}?exp=1&sig=bad")
+    await call(client, "GET", f"/files/{created['file_id']}/meta", headers=headers)
+    await call(client, "GET", "/files?limit=1", headers=headers)
+    await call(client, "GET", "/files?since=999999", headers=headers)
+    await call(client, "GET", "/files?limit=abc", headers=headers)
+    await call(client, "GET", "/user/usage", headers=headers)
+    fake_fail = await client.post("/tts/generate", json={"text": "fails"}, headers=headers)
+    assert fake_fail.status == 202
+    await call(client, "DELETE", f"/tts/{created['file_id']}", headers=headers)
+    await call(client, "DELETE", f"/tts/{created['file_id']}", headers=headers)
+    await call(client, "GET", f"/files/{created['file_id']}/meta", headers=headers)
+
+    v1 = {"Authorization": headers["Authorization"]}
+    speech = {"model": "tts-1", "voice": "alloy", "input": "Contract v1"}
+    await call(client, "POST", "/v1/audio/speech", json=speech, headers=v1)
+    await call(client, "POST", "/v1/audio/speech", json={**speech, "speed": 0}, headers=v1)
+    await call(client, "POST", "/v1/audio/speech", json=speech, headers={"Authorization": "Bearer sk-wrong"})
+    await call(client, "POST", "/v1/audio/speech", json=speech)
+    await call(client, "GET", "/v1/models")
+    await call(client, "GET", "/v1/models/tts-1")
+    await call(client, "GET", "/v1/models/dall-e")
+    await call(client, "GET", "/v1/audio/voices")
+
+
+async def test_failed_generation_responses_validate(client: AppClient, fake: Any) -> None:
+    """A failed file's status, download and /v1 answer also match the document."""
+    fake.faults.append(Fault(status=400, message="refused"))
+    headers = await sign_in(client)
+    _, body = await generate(client, headers, text="Refused")
+    await wait_status(client, headers, body["content_hash"], "failed")
+    await call(client, "GET", f"/tts/{body['content_hash']}/status", headers=headers)
+    await call(client, "GET", f"/files/{body['file_id']}", headers=headers)
+    await call(client, "GET", "/files", headers=headers)
+    fake.faults.append(Fault(status=400, message="refused"))
+    await call(
+        client,
+        "POST",
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": "Refused v1"},
+        headers=headers,
+    )
+
+
+async def test_schemathesis_finds_no_server_errors_or_schema_violations(client: AppClient, tmp_path: Path) -> None:
+    """A bounded schemathesis run (positive and negative cases) against the live server on loopback passes."""
+    headers = await sign_in(client)
+    base = str(client.make_url("")).rstrip("/")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json",
+        "--url", base,
+        "--header", f"Authorization:{headers['Authorization']}",
+        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance,response_headers_conformance",
+        "--max-examples", "10", "--seed", "6", "--workers", "1",
+        "--phases", "examples,coverage,fuzzing,stateful",
+        "--request-timeout", "10",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, output.decode(errors="replace")[-6000:]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/models"])
+async def test_public_operations_declare_no_security(path: str) -> None:
+    """Operations that need no sign-in say so, so generated clients do not demand a token."""
+    _, operation = operation_for("GET", path)
+    assert operation["security"] == []
