@@ -134,7 +134,7 @@ async def test_expiry_and_purge_leave_tombstones(make_client: Callable[..., Awai
     await device.sync(client, headers)
 
     async def expired() -> int:
-        return await store.run(expire, store, blobs)
+        return len(await store.run(expire, store, blobs))
 
     assert await eventually(expired, what="the file to expire") == 1
     changes = await page(client, headers, device.cursor)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from speccyd.auth import require_user
 from speccyd.errors import ApiError
-from speccyd.keys import STORE
+from speccyd.keys import JOBS, STORE
 from speccyd.routes.common import FILE_ID, file_json
 from speccyd.store import CursorTooOld, FileRow
 from speccyd.timeutil import iso
@@ -53,6 +53,8 @@ async def library(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, "invalid_limit")
     store = request.app[STORE]
     try:
+        # Cache hits answered from memory change expiries; write them first so this page includes them.
+        await request.app[JOBS].flush_hits()
         page = await store.run(store.changes_since, user_id, since, limit)
     except CursorTooOld as e:
         raise ApiError(410, "cursor_expired", f"{e}; sync again from the start (since=0)") from None

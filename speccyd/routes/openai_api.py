@@ -84,7 +84,8 @@ async def speech(request: web.Request) -> web.StreamResponse:
         raise ApiError(429, "rate_limited", f"too many requests; try again in {wait}s", {"Retry-After": str(wait)})
     body = await json_body(request)
     try:
-        speech = parse_speech_request(_speccy_body(body), request.app[SETTINGS].max_text_chars)
+        settings = request.app[SETTINGS]
+        speech = parse_speech_request(_speccy_body(body), settings.max_text_chars, settings.upstream_max_chars)
     except ApiError as e:
         message = e.message
         for old, new in _RENAMED.items():
