@@ -10,20 +10,27 @@ from aiohttp import web
 
 from speccyd.crypto import ServerSecrets
 from speccyd.errors import ApiError
-from speccyd.keys import SECRETS
+from speccyd.keys import REVOCATIONS, SECRETS
 
 _ALGORITHM = "HS256"  # pinned on verify: a token naming any other algorithm (or "none") is refused
 
 
 def issue_session(secrets: ServerSecrets, user_id: str, ttl: float) -> tuple[str, int]:
-    now = int(time.time())
-    expires = now + int(ttl)
+    # iat keeps its fraction of a second: a revoke ends tokens issued before it, and a sign-in a moment
+    # after the revoke (same second) must still count (RFC 7519 NumericDate allows non-integer values).
+    now = time.time()
+    expires = int(now) + int(ttl)
     token = jwt.encode({"sub": user_id, "iat": now, "exp": expires}, secrets.jwt_key, algorithm=_ALGORITHM)
     return token, expires
 
 
 def verify_session(secrets: ServerSecrets, token: str) -> str:
     """The user id of a valid session token; anything else is a 401."""
+    return session_claims(secrets, token)[0]
+
+
+def session_claims(secrets: ServerSecrets, token: str) -> tuple[str, float]:
+    """(user id, issued at) of a validly signed, unexpired session token; anything else is a 401."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secrets.jwt_key, algorithms=[_ALGORITHM], options={"require": ["sub", "iat", "exp"]}
@@ -35,7 +42,10 @@ def verify_session(secrets: ServerSecrets, token: str) -> str:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise ApiError(401, "invalid_session", "session token is not valid")
-    return subject
+    issued_at = claims["iat"]
+    if isinstance(issued_at, bool) or not isinstance(issued_at, int | float):
+        raise ApiError(401, "invalid_session", "session token is not valid")
+    return subject, float(issued_at)
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -52,7 +62,10 @@ def require_user(request: web.Request) -> str:
     token = bearer_token(request)
     if token is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <session token>")
-    return verify_session(request.app[SECRETS], token)
+    user_id, issued_at = session_claims(request.app[SECRETS], token)
+    if request.app[REVOCATIONS].is_revoked(user_id, issued_at):
+        raise ApiError(401, "session_revoked", "this session was ended by the server's owner; sign in again")
+    return user_id
 
 
 def signed_file_url(request: web.Request, file_id: str, user_id: str, expires_at: float) -> str:

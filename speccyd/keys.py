@@ -6,7 +6,10 @@ from aiohttp import web
 
 from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
+from speccyd.metrics import Metrics
+from speccyd.quotas import Quotas
 from speccyd.ratelimit import RateLimiter
+from speccyd.revocations import Revocations
 from speccyd.settings import Settings
 from speccyd.store import Store
 from speccyd.synth import JobManager
@@ -20,3 +23,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 JOBS = web.AppKey("jobs", JobManager)
 GENERATE_LIMIT = web.AppKey("generate_limit", RateLimiter)
 AUTH_FAILURE_LIMIT = web.AppKey("auth_failure_limit", RateLimiter)
+REVOCATIONS = web.AppKey("revocations", Revocations)
+QUOTAS = web.AppKey("quotas", Quotas)
+METRICS = web.AppKey("metrics", Metrics)
+STARTED_AT = web.AppKey("started_at", float)

@@ -10,8 +10,10 @@ import time
 
 from speccyd.blobs import Blobs, BlobWriter
 from speccyd.crypto import ServerSecrets
+from speccyd.metrics import Metrics
+from speccyd.quotas import Quotas, quota_error
 from speccyd.settings import Settings
-from speccyd.store import FileRow, Store
+from speccyd.store import FileRow, QuotaExceeded, Store
 from speccyd.tts import SpeechRequest
 from speccyd.upstream import Upstream, UpstreamError
 
@@ -22,13 +24,22 @@ MAX_BACKOFF = 30.0
 
 class JobManager:
     def __init__(
-        self, settings: Settings, store: Store, blobs: Blobs, upstream: Upstream, secrets: ServerSecrets
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: Blobs,
+        upstream: Upstream,
+        secrets: ServerSecrets,
+        quotas: Quotas | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._blobs = blobs
         self._upstream = upstream
         self._secrets = secrets
+        self._quotas = quotas
+        self._metrics = metrics
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
@@ -38,14 +49,32 @@ class JobManager:
         return len(self._tasks)
 
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
-        """Audio for this request: cached, already in flight, or a generation started now."""
+        """Audio for this request: cached, already in flight, or a generation started now.
+
+        Quotas are checked (inside the claim) only for a new generation: see speccyd/quotas.py.
+        """
         store = self._store
-        claim = await store.run(store.claim, user_id, speech.new_file(), time.time(), self._settings.retention)
+        limits = self._quotas.defaults if self._quotas is not None else None
+        try:
+            claim = await store.run(
+                store.claim, user_id, speech.new_file(), time.time(), self._settings.retention, limits
+            )
+        except QuotaExceeded as e:
+            self._outcome("quota_exceeded")
+            raise quota_error(e, len(speech.text)) from None
         if claim.replaced is not None:
             self._blobs.remove(claim.replaced.id, claim.replaced.format)
         if claim.created:
             self.start(claim.row)
+        elif claim.row.status == "ready":
+            self._outcome("cache_hit")
+        else:
+            self._outcome("joined")
         return claim.row
+
+    def _outcome(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.generations.labels(outcome).inc()
 
     def start(self, row: FileRow) -> None:
         if row.id in self._tasks:
@@ -77,13 +106,16 @@ class JobManager:
             if api_key is None:
                 raise UpstreamError("the server cannot use this user's key any more; sign in again", retryable=False)
             await self._generate(row, api_key)
+            self._outcome("generated")
         except UpstreamError as e:
             log.warning("generation %s failed: %s", row.id, e.message)
+            self._outcome("failed")
             await store.run(store.mark_failed, row.id, e.message, time.time())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("generation %s failed unexpectedly", row.id)
+            self._outcome("failed")
             await store.run(store.mark_failed, row.id, "internal error while generating", time.time())
 
     async def _generate(self, row: FileRow, api_key: str) -> None:
@@ -115,6 +147,8 @@ class JobManager:
         writer = self._blobs.writer(row.id, row.format)
         try:
             async with self._slots:
+                started = time.monotonic()
+                result = "error"
                 chunks = self._upstream.speech(
                     api_key,
                     text=row.text,
@@ -124,9 +158,16 @@ class JobManager:
                     speed=row.speed,
                     instructions=row.instructions,
                 )
-                async with contextlib.aclosing(chunks):
-                    async for chunk in chunks:
-                        writer.write(chunk)
+                try:
+                    async with contextlib.aclosing(chunks):
+                        async for chunk in chunks:
+                            if writer.size == 0 and self._metrics is not None:
+                                self._metrics.upstream_first_byte.observe(time.monotonic() - started)
+                            writer.write(chunk)
+                    result = "ok"
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.upstream_duration.labels(result).observe(time.monotonic() - started)
             if writer.size == 0:
                 raise UpstreamError("upstream returned no audio", retryable=True)
         except BaseException:
