@@ -108,3 +108,21 @@ async def wait_status(
 
     result: dict[str, Any] = await eventually(check, what=f"status {wanted}")
     return result
+
+
+@pytest.fixture
+def settings_db(data_dir: Path) -> Any:
+    """A second connection to the test server's database, as the CLI would open it (after the app started)."""
+    from speccyd.store import Store
+
+    stores: list[Store] = []
+
+    class Lazy:
+        def __getattr__(self, name: str) -> Any:
+            if not stores:
+                stores.append(Store(data_dir / "speccyd.db"))
+            return getattr(stores[0], name)
+
+    yield Lazy()
+    for store in stores:
+        store.close()
