@@ -6,7 +6,10 @@ are read from the database when /metrics is scraped, so they are right even afte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -70,25 +73,30 @@ def route_label(request: web.Request) -> str:
 def metrics_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = route_label(request)
-        streaming = route.startswith("/files/")
         status = 500
-        if streaming:
-            metrics.active_streams.inc()
         try:
             response = await handler(request)
-            if streaming and isinstance(response, web.FileResponse) and not response.prepared:
-                # FileResponse sends the whole file in prepare(); doing it here keeps the stream counted
-                # while it is sent. aiohttp then finds the response prepared and only finishes it.
-                await response.prepare(request)
             status = response.status
             return response
         except web.HTTPException as e:
             status = e.status
             raise
         finally:
-            if streaming:
-                metrics.active_streams.dec()
-            metrics.requests.labels(request.method, route, str(status)).inc()
+            metrics.requests.labels(request.method, route_label(request), str(status)).inc()
 
     return middleware
+
+
+class CountedFileResponse(web.FileResponse):
+    """A FileResponse counted in `speccyd_active_streams` while aiohttp sends it (all of it is in prepare)."""
+
+    def __init__(self, metrics: Metrics, path: Path, headers: dict[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        self._active = metrics.active_streams
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        self._active.inc()
+        try:
+            return await super().prepare(request)
+        finally:
+            self._active.dec()

@@ -6,7 +6,8 @@ from aiohttp import web
 
 from speccyd.auth import require_user
 from speccyd.errors import ApiError
-from speccyd.keys import BLOBS, SECRETS, STORE
+from speccyd.keys import BLOBS, METRICS, SECRETS, STORE
+from speccyd.metrics import CountedFileResponse
 from speccyd.routes.common import FILE_ID
 from speccyd.store import FileRow
 from speccyd.tts import CONTENT_TYPES
@@ -51,6 +52,8 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = request.app[BLOBS].path(row.id, row.format)
     if not path.is_file():  # purged a moment ago
         raise ApiError(404, "not_found", "no such file")
-    return web.FileResponse(
-        path, headers={"Content-Type": CONTENT_TYPES[row.format], "Cache-Control": "private, max-age=86400"}
+    return CountedFileResponse(
+        request.app[METRICS],
+        path,
+        headers={"Content-Type": CONTENT_TYPES[row.format], "Cache-Control": "private, max-age=86400"},
     )
