@@ -48,7 +48,9 @@ async def test_cache_hits_pass_when_over_quota(make_client: MakeClient, fake: Fa
     assert len(fake.speech_calls) == 1
 
 
-async def test_joining_a_generation_in_flight_is_not_a_new_generation(make_client: MakeClient, fake: FakeUpstream) -> None:
+async def test_joining_a_generation_in_flight_is_not_a_new_generation(
+    make_client: MakeClient, fake: FakeUpstream
+) -> None:
     """A second identical request while the first is generating joins it, even at the file limit."""
     client = await make_client(max_files="1")
     headers = await sign_in(client)
