@@ -29,11 +29,6 @@ class Quotas:
     def __init__(self, defaults: Limits) -> None:
         self.defaults = defaults
 
-    @property
-    def enabled(self) -> bool:
-        d = self.defaults
-        return bool(d.daily_chars or d.storage_bytes or d.max_files)
-
 
 def next_utc_midnight(now: float) -> float:
     return now - (now % DAY) + DAY

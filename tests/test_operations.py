@@ -168,3 +168,37 @@ def test_json_log_lines_are_objects_without_secrets() -> None:
     assert entry["level"] == "warning" and entry["logger"] == "speccyd.x"
     assert entry["message"] == "key sk-[redacted] used"
     assert entry["time"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("storage_quota", "500MB", 500_000_000),
+        ("storage_quota", "2GiB", 2 * 2**30),
+        ("storage_quota", "off", 0),
+        ("min_free_disk", "1.5GB", 1_500_000_000),
+        ("daily_char_quota", "off", 0),
+        ("max_files", "250", 250),
+        ("price_tts_1_hd", "27.5", 27.5),
+        ("metrics_listen", "[::1]:9420", "[::1]:9420"),
+        ("log_format", "JSON", "json"),
+    ],
+)
+def test_operations_settings_parse(tmp_path: Path, key: str, value: str, expected: object) -> None:
+    """Sizes, limits, prices, listen addresses and log formats parse from their documented spellings."""
+    from speccyd.settings import load_settings
+
+    assert getattr(load_settings(tmp_path, {key: value}, env={}), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("storage_quota", "lots"), ("max_files", "-1"), ("price_tts_1", "free"), ("metrics_listen", "9420"),
+     ("log_format", "xml"), ("min_free_disk", "1 parsec")],
+)  # fmt: skip
+def test_operations_settings_reject_bad_values(tmp_path: Path, key: str, value: str) -> None:
+    """A bad value is refused with the key and where it came from."""
+    from speccyd.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match=rf"^{key}: .*\(from option"):
+        load_settings(tmp_path, {key: value}, env={})
