@@ -612,8 +612,9 @@ class Store:
         """A consistent copy through SQLite's online backup API; the server keeps writing meanwhile."""
         target = sqlite3.connect(path)
         try:
-            # Pages in steps so a long copy does not hold the read lock in one go; retried if a write lands.
-            self._db.backup(target, pages=256)
+            # All pages in one step: in WAL mode that read transaction never blocks the server's writes, while
+            # a copy in several steps would start over each time the server commits in between.
+            self._db.backup(target)
         finally:
             target.close()
 
