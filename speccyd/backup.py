@@ -92,7 +92,9 @@ def backup(settings: Settings, dest: Path, *, secrets: bool = True, progress: Pr
         report = _write_tree(settings, root, secrets, progress)
         if archive:
             partial = dest.with_name(dest.name + ".part")
-            with tarfile.open(partial, "w:gz") as tar:
+            # Level 1: compressed audio (mp3, opus, aac) does not shrink, so higher levels only cost time;
+            # the database still compresses well at level 1.
+            with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
                 for item in sorted(root.iterdir()):
                     tar.add(item, arcname=item.name)
             partial.chmod(0o600)
