@@ -149,6 +149,7 @@ def usage(
         return {
             "generations": s.generations,
             "characters": s.characters,
+            "tokens": s.tokens,
             "cache_hits": s.cache_hits,
             "cached_characters": s.cached_characters,
             "cache_hit_ratio": None if s.cache_hit_ratio is None else round(s.cache_hit_ratio, 4),

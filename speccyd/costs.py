@@ -57,6 +57,12 @@ class UsageSummary:
         return int(self._total("characters"))
 
     @property
+    def tokens(self) -> int | None:
+        """Tokens billed, where the upstream reported them; None when it never did."""
+        reported = [m.tokens for m in self.models.values() if m.tokens is not None]
+        return sum(reported) if reported else None
+
+    @property
     def cache_hits(self) -> int:
         return int(self._total("cache_hits"))
 

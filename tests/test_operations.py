@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from speccyd.server import JsonFormatter
-from tests.conftest import AppClient, generate, sign_in, wait_status
+from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 
 MakeClient = Callable[..., Awaitable[AppClient]]
 
@@ -202,3 +202,26 @@ def test_operations_settings_reject_bad_values(tmp_path: Path, key: str, value: 
 
     with pytest.raises(SettingsError, match=rf"^{key}: .*\(from option"):
         load_settings(tmp_path, {key: value}, env={})
+
+
+async def test_active_streams_counts_downloads_being_sent(make_client: MakeClient, fake: Any) -> None:
+    """speccyd_active_streams is 1 while a download is being sent and back to 0 once it is done."""
+    fake.audio_size = 16 * 1024 * 1024  # more than the socket buffers hold: the send waits for the reader
+    client = await make_client(metrics="on")
+    headers = await sign_in(client)
+    _, body = await generate(client, headers, text="a long one")
+    await wait_status(client, headers, body["content_hash"])
+    streams = ("speccyd_active_streams", ())
+
+    async def active() -> float:
+        return (await metric_values(await client.get("/metrics")))[streams]
+
+    async with client.get(f"/files/{body['file_id']}", headers=headers) as download:
+        await download.content.readexactly(1024)
+        assert await eventually(lambda: _equals(active(), 1), what="one active stream")
+        assert len(await download.content.read()) == fake.audio_size - 1024
+    assert await eventually(lambda: _equals(active(), 0), what="no active stream")
+
+
+async def _equals(value: Awaitable[float], expected: float) -> bool:
+    return await value == expected
