@@ -638,18 +638,28 @@ class Store:
 SESSIONS_VALID_AFTER = "sessions_valid_after"
 
 
+# Only these mean the file itself is damaged; "cannot open" or "locked" must never move a good database aside.
+_CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
 def quick_check(path: Path) -> str | None:
-    """None when the database at `path` opens and passes PRAGMA quick_check, else what is wrong."""
+    """None when the database at `path` passes PRAGMA quick_check (or does not exist), else what is wrong.
+
+    Errors other than corruption (permissions, a full disk, ...) are raised as StoreError.
+    """
     if not path.exists():
         return None
     try:
         db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
         try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             rows = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
         finally:
             db.close()
     except sqlite3.DatabaseError as e:
-        return str(e)
+        if getattr(e, "sqlite_errorcode", None) in _CORRUPT_CODES:
+            return str(e)
+        raise StoreError(f"cannot check database {path}: {e}") from None
     return None if rows == ["ok"] else "; ".join(rows[:5])
 
 
