@@ -7,6 +7,7 @@ Heavy modules (aiohttp, openai, the server) are imported inside the commands tha
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,7 @@ def serve(
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
     settings = settings_for(data_dir, host=host, port=port)
+    os.umask(0o077)  # everything the server writes (audio, database, logs it may create) is private
     from speccyd.crypto import SecretsError
     from speccyd.server import serve as run_server
     from speccyd.store import StoreError

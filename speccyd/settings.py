@@ -231,9 +231,9 @@ SPECS: dict[str, Spec] = {
     "log_level": Spec(_log_level, "info", "debug, info, warning or error (SIGHUP reloads it)."),
     # --- running it for a household (docs/operations.md) ---
     "log_format": Spec(_log_format, "text", "'text' for people, 'json' for one JSON object per line."),
-    "daily_char_quota": Spec(_limit, "0", "Characters each user may have generated per UTC day; 0 = no limit."),
-    "storage_quota": Spec(parse_size, "off", "Audio each user may keep, e.g. '500MB'; 'off' = no limit."),
-    "max_files": Spec(_limit, "0", "Audio files each user may keep; 0 = no limit."),
+    "daily_char_quota": Spec(_limit, "0", "Characters each user may have generated per UTC day; 0 or 'off' for none."),
+    "storage_quota": Spec(parse_size, "off", "Audio each user may keep, e.g. '500MB'; 'off' for none."),
+    "max_files": Spec(_limit, "0", "Audio files each user may keep; 0 or 'off' for none."),
     "price_tts_1": Spec(_price, "15", "USD per million characters for tts-1 (cost estimates only)."),
     "price_tts_1_hd": Spec(_price, "30", "USD per million characters for tts-1-hd (cost estimates only)."),
     "price_gpt_4o_mini_tts": Spec(

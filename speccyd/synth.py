@@ -46,6 +46,7 @@ class JobManager:
 
     @property
     def running(self) -> int:
+        """Generations in progress (the speccyd_generations_running metric)."""
         return len(self._tasks)
 
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
