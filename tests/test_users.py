@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +12,7 @@ from typer.testing import CliRunner
 from speccyd.cli import app as cli
 from speccyd.revocations import REFRESH
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
+from tests.server_process import run_cli
 
 MakeClient = Callable[..., Awaitable[AppClient]]
 
@@ -80,8 +78,7 @@ async def test_revoke_from_another_process_ends_sessions_promptly(
     await make_files(client, headers, 1)
     uid = await user_id(client, "sk-test-alice")
     assert (await client.get("/user/usage", headers=headers)).status == 200
-    env = {**os.environ, "SPECCY_DATA_DIR": str(data_dir)}
-    subprocess.run([sys.executable, "-m", "speccyd", "users", "revoke", uid[:10]], env=env, check=True, timeout=60)
+    assert run_cli("users", "revoke", uid[:10], data_dir=data_dir).returncode == 0
     revoked_at = time.monotonic()
 
     async def refused() -> bool:
