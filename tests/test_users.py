@@ -70,9 +70,7 @@ def test_users_limit_rejects_bad_values(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--storage" in result.output
 
 
-async def test_revoke_from_another_process_ends_sessions_promptly(
-    client: AppClient, data_dir: Path, tmp_path: Path
-) -> None:
+async def test_revoke_from_another_process_ends_sessions_promptly(client: AppClient, data_dir: Path) -> None:
     """`speccyd users revoke`, run as its own process, makes every earlier session token fail within REFRESH."""
     headers = await sign_in(client)
     await make_files(client, headers, 1)
