@@ -178,7 +178,7 @@ def restore(src: Path, data_dir: Path, *, progress: Progress | None = None) -> R
             source = work / "unpacked"
             try:
                 with tarfile.open(src, "r:gz") as tar:
-                    tar.extractall(source, filter="data")  # "data" refuses absolute paths, links out, devices
+                    _safe_extract(tar, source)
             except (tarfile.TarError, OSError, EOFError) as e:
                 raise BackupError(f"{src} is not a readable .tar.gz backup: {e}") from None
         else:
@@ -191,6 +191,18 @@ def restore(src: Path, data_dir: Path, *, progress: Progress | None = None) -> R
         return RestoreReport(data_dir, report.files, report.bytes, report.secrets)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+    """Extract only plain files and directories inside `target`: a backup is data, never links or devices."""
+    for member in tar.getmembers():
+        name = Path(member.name)
+        if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"refusing archive member {member.name!r}")
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: the standard library checks as well
+        tar.extractall(target, filter="data")
+    else:  # pragma: no cover - older 3.11 releases; the members were checked above
+        tar.extractall(target)  # noqa: S202
 
 
 def _restore_tree(source: Path, staged: Path, progress: Progress | None) -> RestoreReport:

@@ -143,3 +143,21 @@ def test_restore_refuses_what_is_not_a_backup(tmp_path: Path) -> None:
     (tmp_path / "junk.tar.gz").write_bytes(b"nope")
     result = CliRunner().invoke(cli, ["restore", str(tmp_path / "junk.tar.gz"), "--data-dir", str(tmp_path / "d")])
     assert result.exit_code == 1 and "not a readable .tar.gz" in result.output
+
+
+def test_restore_refuses_an_archive_with_links_or_escaping_paths(tmp_path: Path) -> None:
+    """A .tar.gz holding a symlink or a path outside the target is refused before anything is extracted."""
+    import io
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        link = tarfile.TarInfo("secrets")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc"
+        tar.addfile(link)
+        escape = tarfile.TarInfo("../outside.txt")
+        escape.size = 2
+        tar.addfile(escape, io.BytesIO(b"hi"))
+    result = CliRunner().invoke(cli, ["restore", str(archive), "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "refusing archive member" in result.output
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "d").exists()

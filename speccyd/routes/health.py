@@ -34,7 +34,10 @@ async def healthz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": False}
         problems.append(f"database: cannot write ({e})")
 
-    free = shutil.disk_usage(settings.data_dir).free
+    try:
+        free = shutil.disk_usage(settings.data_dir).free
+    except OSError:  # the data dir itself is gone or unreadable: as bad as a full disk
+        free = 0
     disk_ok = free >= settings.min_free_disk
     checks["disk"] = {"ok": disk_ok, "free_bytes": free, "min_free_bytes": settings.min_free_disk}
     if not disk_ok:
