@@ -57,6 +57,24 @@ async def test_healthz_fails_when_cleanup_is_overdue(make_client: MakeClient, se
     assert "cleanup: last ran 3h ago" in body["error"]["message"]
 
 
+async def test_healthz_fails_when_the_database_takes_no_writes(client: AppClient, data_dir: Path) -> None:
+    """While another process holds the write lock, /healthz answers 503 naming the database, within seconds."""
+    other = sqlite3.connect(data_dir / "speccyd.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        response = await client.get("/healthz")
+        assert response.status == 503
+        assert time.monotonic() - started < 5  # the probe's own deadline, not the 5 s busy_timeout
+        body = await response.json()
+        assert "database" in body["failing"]
+        assert body["error"]["message"].startswith("database: a write did not finish")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    assert (await client.get("/healthz")).status == 200
+
+
 def _corrupt_pages(path: Path) -> None:
     """Overwrite everything after the first page with garbage: the schema survives, the tables do not."""
     size = path.stat().st_size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import shutil
 import time
 from typing import Any
@@ -17,6 +17,9 @@ from speccyd.timeutil import iso
 
 routes = web.RouteTableDef()
 
+# A supervisor's probe should get an answer, not hang for the 5 s busy_timeout behind a stuck writer.
+DB_TIMEOUT = 2.0
+
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
@@ -28,8 +31,11 @@ async def healthz(request: web.Request) -> web.Response:
     problems: list[str] = []
 
     try:
-        await store.run(store.probe_write, now)
+        await asyncio.wait_for(store.run(store.probe_write, now), DB_TIMEOUT)
         checks["database"] = {"ok": True}
+    except TimeoutError:
+        checks["database"] = {"ok": False}
+        problems.append(f"database: a write did not finish within {DB_TIMEOUT:g}s (locked or stalled)")
     except Exception as e:
         checks["database"] = {"ok": False}
         problems.append(f"database: cannot write ({e})")
@@ -48,20 +54,22 @@ async def healthz(request: web.Request) -> web.Response:
 
     # Cleanup runs at start-up and every cleanup_interval; missing two runs means the loop is stuck.
     max_age = 2 * settings.cleanup_interval
-    last_raw = None
-    with contextlib.suppress(Exception):  # the database check above already reports a broken database
+    if not checks["database"]["ok"]:
+        # Its record is in the database, behind the stuck or failing write: "unknown", not a second failure.
+        checks["cleanup"] = {"ok": None, "last_run": None, "max_age_seconds": max_age}
+    else:
         last_raw = await store.run(store.get_meta, LAST_CLEANUP)
-    last = float(last_raw) if last_raw else None
-    since = now - (last if last is not None else app[STARTED_AT])
-    cleanup_ok = since <= max_age
-    checks["cleanup"] = {"ok": cleanup_ok, "last_run": iso(last), "max_age_seconds": max_age}
-    if not cleanup_ok:
-        ran = f"last ran {format_duration(round(since))} ago" if last is not None else "has not run yet"
-        problems.append(f"cleanup: {ran}, more than 2 x cleanup_interval ({format_duration(max_age)})")
+        last = float(last_raw) if last_raw else None
+        since = now - (last if last is not None else app[STARTED_AT])
+        cleanup_ok = since <= max_age
+        checks["cleanup"] = {"ok": cleanup_ok, "last_run": iso(last), "max_age_seconds": max_age}
+        if not cleanup_ok:
+            ran = f"last ran {format_duration(round(since))} ago" if last is not None else "has not run yet"
+            problems.append(f"cleanup: {ran}, more than 2 x cleanup_interval ({format_duration(max_age)})")
 
     body: dict[str, Any] = {"status": "ok" if not problems else "unhealthy", "version": __version__, "checks": checks}
     if problems:
-        failing = [name for name, check in checks.items() if not check["ok"]]
+        failing = [name for name, check in checks.items() if check["ok"] is False]
         body["failing"] = failing
         body["error"] = {"code": "unhealthy", "message": "; ".join(problems)}
         return web.json_response(body, status=503)
