@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,29 @@ async def test_user_usage_limits_are_null_when_off(client: AppClient) -> None:
     assert body["limits"]["daily_char_quota"] is None
     assert body["limits"]["storage_quota_bytes"] is None
     assert body["estimated_cost_30d_usd"] == 0
+
+
+def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None:
+    """A schema-1 database gains tokens, revocation and limit columns; its users and usage are kept."""
+    import sqlite3
+
+    from speccyd.store import MIGRATIONS, SCHEMA_VERSION, LimitOverrides
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO users VALUES ('u1', 'h', x'00', 1.0, 2.0)")
+    db.execute(
+        "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES ('u1', 3.0, 'generated', 'tts-1', 7)"
+    )
+    db.close()
+    store = Store(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION >= 2
+        (info,) = store.user_infos()
+        assert info.sessions_valid_after == 0 and info.overrides == LimitOverrides()
+        (line,) = store.usage_lines(0)
+        assert (line.characters, line.tokens) == (7, None)
+    finally:
+        store.close()
