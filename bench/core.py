@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -71,18 +73,23 @@ async def start_server(name: str, args: list[str], log: Path) -> Server:
         process.kill()
         raise SystemExit(f"{name} did not start within {START_TIMEOUT:.0f}s; see {log}") from None
     if not line:
-        raise SystemExit(f"{name} exited at startup; see {log}:\n{log.read_text()[-2000:]}")
+        raise SystemExit(f"{name} exited at startup; see {log}:\n{_tail(log)}")
     return Server(name, process, json.loads(line))
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:]
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], seconds: float, what: str) -> Any:
+    """Poll until `check` returns something truthy; give up after `seconds`."""
+    deadline = time.monotonic() + seconds
     while True:
         result = await check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise SystemExit(f"timed out after {seconds:.0f}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -187,6 +194,30 @@ async def compare(
     return passed, ours
 
 
+async def access_log_cost(control: int, download: Case, hit: Case, args: argparse.Namespace) -> None:
+    """speccyd at log_level=info (one access-log line per request, to stderr, here a file) against
+    warning, alternately in the same process: the price of the access log, reported but not a goal."""
+    print("\naccess log: speccyd at log_level=info vs warning (stderr to a file), alternating")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{control}") as http:
+
+        async def level(name: str) -> None:
+            async with http.post(f"/log-level?level={name}") as r:
+                assert r.status == 200, await r.text()
+
+        for label, case in (("download", download), ("cache hit", hit)):
+            quiet: list[LoadResult] = []
+            loud: list[LoadResult] = []
+            for _ in range(max(1, args.rounds // 2 + 1)):
+                await level("info")
+                loud.append(await measure(case, args))
+                await level("warning")
+                quiet.append(await measure(case, args))
+            print(_row(f"{label} info", loud))
+            print(_row(f"{label} warn", quiet))
+            ratio = statistics.median(r.rate for r in loud) / statistics.median(r.rate for r in quiet)
+            print(f"  {label}: info runs at {ratio:.2f}x the req/s of warning")
+
+
 async def lag_report(control: int) -> None:
     async with aiohttp.ClientSession(f"http://127.0.0.1:{control}") as http:
 
@@ -216,7 +247,13 @@ async def lag_report(control: int) -> None:
             )
 
 
+def _load() -> str:
+    """The 1-minute load average: other programs on the cores make every req/s figure noisier."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 async def bench(args: argparse.Namespace) -> bool:
+    started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="speccyd-bench-"))
     data_dir = workdir / "data"
     log = workdir / "servers.log"
@@ -236,8 +273,11 @@ async def bench(args: argparse.Namespace) -> bool:
         reference = await start_server("reference", ["--role", "reference", str(audio), str(answer)], log)
         servers.append(reference)
 
-        print(f"speccyd core benchmark: {args.concurrency} connections, {args.rounds} rounds, loopback only")
-        print(f"load generator: raw asyncio HTTP/1.1 keep-alive client (bench/loadgen.py); logs in {log}")
+        print(
+            f"speccyd core benchmark on 127.0.0.1: {args.concurrency} connections, {args.rounds} alternating rounds"
+            f" of {args.downloads} downloads / {args.hits} cache hits, {os.cpu_count()} cpus, load {_load()}"
+        )
+        print("load generator: raw asyncio HTTP/1.1 keep-alive client (bench/loadgen.py)")
         auth = {"Authorization": f"Bearer {prepared.token}"}
         json_headers = {**auth, "Content-Type": "application/json"}
         body = json.dumps(GENERATE_BODY).encode()
@@ -269,33 +309,34 @@ async def bench(args: argparse.Namespace) -> bool:
         if args.only is not None:
             return ok_downloads and ok_hits
 
-        # The access log at info (one line per request to stderr, here a file): its cost, not a goal.
         control = speccyd.ports["control"]
-        async with aiohttp.ClientSession() as http:
-            await (await http.post(f"http://127.0.0.1:{control}/log-level?level=info")).read()
-        print("\nwith log_level=info (access log on; stderr to a file), speccyd only:")
-        for label, target in (("download", downloads[0]), ("cache hit", hits[0])):
-            print(_row(label, [await measure(target, args) for _ in range(args.rounds)]))
-        async with aiohttp.ClientSession() as http:
-            await (await http.post(f"http://127.0.0.1:{control}/log-level?level=warning")).read()
-
+        await access_log_cost(control, downloads[0], hits[0], args)
         await lag_report(control)
         passed = ok_downloads and ok_hits
-        print(f"\noverall: {'PASS' if passed else 'FAIL'}")
+        print(f"\noverall: {'PASS' if passed else 'FAIL'}   ({time.monotonic() - started:.0f}s, load {_load()})")
         return passed
+    except BaseException:
+        print(f"\nbench stopped early; data dir and server logs kept in {workdir}", file=sys.stderr)
+        args.keep = True
+        raise
     finally:
         for server in reversed(servers):
             await server.stop()
         await upstream.cleanup()
+        if args.keep:
+            print(f"data dir and server logs: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.core", description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16, help="kept-alive connections (default 16)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per comparison (default 5)")
     parser.add_argument("--downloads", type=int, default=2000, help="1 MB downloads per round (default 2000)")
     parser.add_argument("--hits", type=int, default=5000, help="cache-hit requests per round (default 5000)")
     parser.add_argument("--time-cap", type=float, default=20.0, help="seconds at most per measurement (default 20)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir and server logs")
     parser.add_argument("--only", choices=["downloads", "hits"], help="run one comparison only (for profiling)")
     parser.add_argument("--role", choices=["bench", "speccyd", "reference"], default="bench", help=argparse.SUPPRESS)
     parser.add_argument("role_args", nargs="*", help=argparse.SUPPRESS)
@@ -303,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.role == "speccyd":
         asyncio.run(serve_speccyd(Path(args.role_args[0]), args.role_args[1]))
     elif args.role == "reference":
-        asyncio.run(serve_reference(Path(args.role_args[0]), Path(args.role_args[1])))
+        answer = json.loads(Path(args.role_args[1]).read_text())
+        asyncio.run(serve_reference(Path(args.role_args[0]), answer))
     else:
         sys.exit(0 if asyncio.run(bench(args)) else 1)
 

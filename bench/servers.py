@@ -179,8 +179,8 @@ async def serve_speccyd(data_dir: Path, upstream_url: str) -> None:
 # --- the reference: the least aiohttp code that answers the same requests ---
 
 
-async def serve_reference(file: Path, json_answer: Path) -> None:
-    answer = json.loads(json_answer.read_text())
+async def serve_reference(file: Path, answer: dict[str, Any]) -> None:
+    """GET /file: the same 1 MB file; POST /json: parse the body, answer speccyd's cache-hit JSON verbatim."""
 
     async def download(request: web.Request) -> web.FileResponse:
         return web.FileResponse(file)

@@ -26,6 +26,7 @@ from speccyd.keys import (
     QUOTAS,
     REVOCATIONS,
     SECRETS,
+    SESSIONS,
     SETTINGS,
     STARTED_AT,
     STORE,
@@ -38,6 +39,7 @@ from speccyd.revocations import Revocations, refresh_loop
 from speccyd.routes import setup_routes
 from speccyd.routes.metrics import metrics_app
 from speccyd.routes.metrics import routes as metrics_routes
+from speccyd.sessions import Sessions
 from speccyd.settings import Settings, split_listen
 from speccyd.store import SESSIONS_VALID_AFTER, Store, quarantine, quick_check
 from speccyd.synth import JobManager
@@ -76,6 +78,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     fresh = set_aside_corrupt_database(settings)
     init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
     app[SECRETS] = ServerSecrets.load(settings.secrets_dir)
+    app[SESSIONS] = Sessions(app[SECRETS])
     store = Store(settings.db_path)
     app[STORE] = store
     if fresh:  # sessions name users the new database does not have: end them all
@@ -104,12 +107,17 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         jobs.start(row)
     if interrupted:
         log.info("resumed %d generations interrupted by the last shutdown", len(interrupted))
+    flusher = asyncio.create_task(jobs.flush_hits_forever())
     yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
     await jobs.close()
+    await jobs.flush_hits()
 
 
 async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(cleanup_loop(app[STORE], app[BLOBS], app[SETTINGS].cleanup_interval))
+    task = asyncio.create_task(cleanup_loop(app[JOBS], app[STORE], app[BLOBS], app[SETTINGS].cleanup_interval))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

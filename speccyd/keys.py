@@ -10,6 +10,7 @@ from speccyd.metrics import Metrics
 from speccyd.quotas import Quotas
 from speccyd.ratelimit import RateLimiter
 from speccyd.revocations import Revocations
+from speccyd.sessions import Sessions
 from speccyd.settings import Settings
 from speccyd.store import Store
 from speccyd.synth import JobManager
@@ -17,6 +18,7 @@ from speccyd.upstream import Upstream
 
 SETTINGS = web.AppKey("settings", Settings)
 SECRETS = web.AppKey("secrets", ServerSecrets)
+SESSIONS = web.AppKey("sessions", Sessions)
 STORE = web.AppKey("store", Store)
 BLOBS = web.AppKey("blobs", Blobs)
 UPSTREAM = web.AppKey("upstream", Upstream)

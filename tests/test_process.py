@@ -127,6 +127,11 @@ async def test_usage_and_purge_while_serving(tmp_path: Path, upstream_url: str) 
         assert list((data / "audio").glob("*/*.mp3")) == []
         status, usage_now = await api.call("GET", "/user/usage")
         assert usage_now["files_count"] == 0
+        # The server remembered these files as ready; it must notice they are gone and generate anew.
+        status, again = await api.call("POST", "/tts/generate", json={"text": "doc 0"})
+        assert status == 202
+        assert again["file_id"] != ready[0]["file_id"]
+        await api.wait_status(again["content_hash"])
     assert await server.stop() == 0
 
 

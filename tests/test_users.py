@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -111,7 +112,13 @@ async def test_usage_cli_per_model_cost_and_json(client: AppClient, data_dir: Pa
     await make_files(client, headers, 2)
     await make_files(client, headers, 1, model="tts-1-hd")
     await generate(client, headers, text="file number 0")  # a cache hit
-    data = json.loads(run(data_dir, "usage", "--since", "1d", "--json"))
+
+    async def hit_recorded() -> dict[str, Any] | None:
+        # The server writes cache hits answered from memory about once a second; another process sees them then.
+        data: dict[str, Any] = json.loads(run(data_dir, "usage", "--since", "1d", "--json"))
+        return data if data["totals"]["cache_hits"] == 1 else None
+
+    data = await eventually(hit_recorded, what="the cache hit in the usage log")
     models = {m["model"]: m for m in data["models"]}
     assert models["tts-1"]["generations"] == 2 and models["tts-1"]["cache_hits"] == 1
     assert models["tts-1-hd"]["estimated_cost_usd"] == round(len("file number 0") * 30 / 1e6, 4)

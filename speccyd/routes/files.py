@@ -8,7 +8,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from speccyd.auth import require_user
 from speccyd.errors import ApiError
-from speccyd.keys import BLOBS, METRICS, SECRETS, STORE
+from speccyd.keys import BLOBS, JOBS, METRICS, SECRETS
 from speccyd.metrics import CountedFileResponse
 from speccyd.routes.common import FILE_ID
 from speccyd.store import FileRow
@@ -19,11 +19,11 @@ routes = web.RouteTableDef()
 
 async def _authorized_row(request: web.Request, file_id: str) -> FileRow:
     """The file if the request may read it: by session token, or by the signature in a file URL."""
-    store = request.app[STORE]
+    jobs = request.app[JOBS]
     sig = request.query.get("sig")
     if sig is None:
         user_id = require_user(request)
-        row = await store.run(store.get_file, file_id)
+        row = await jobs.get(file_id)
         if row is None or row.user_id != user_id:  # another user's file is "not found", never "forbidden"
             raise ApiError(404, "not_found", "no such file")
         return row
@@ -33,7 +33,7 @@ async def _authorized_row(request: web.Request, file_id: str) -> FileRow:
         raise ApiError(401, "invalid_signature", "file URL has no valid expiry") from None
     if expires < time.time():
         raise ApiError(401, "signature_expired", "file URL has expired; ask for a new one")
-    row = await store.run(store.get_file, file_id)
+    row = await jobs.get(file_id)
     if row is None:
         raise ApiError(404, "not_found", "no such file")
     if not request.app[SECRETS].check_file_url(file_id, row.user_id, expires, sig):

@@ -18,6 +18,7 @@ RATIO_WINDOW = 30 * 86400
 async def scrape(app: web.Application) -> web.Response:
     """Refresh the gauges that live in the database, then render every metric."""
     metrics, store = app[METRICS], app[STORE]
+    await app[JOBS].flush_hits()  # so the hit ratio counts the hits of the last second too
     files, size = await store.run(store.storage_totals)
     metrics.files_stored.set(files)
     metrics.bytes_stored.set(size)

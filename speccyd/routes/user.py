@@ -7,7 +7,7 @@ from aiohttp import web
 from speccyd.auth import require_user
 from speccyd.cleanup import LAST_CLEANUP
 from speccyd.costs import price_table, summarize
-from speccyd.keys import QUOTAS, SETTINGS, STORE
+from speccyd.keys import JOBS, QUOTAS, SETTINGS, STORE
 from speccyd.quotas import next_utc_midnight
 from speccyd.store import UsageLine
 from speccyd.timeutil import iso
@@ -22,6 +22,7 @@ async def usage(request: web.Request) -> web.Response:
     """Files, storage, characters, cache hits and estimated cost of the signed-in user, with their limits."""
     user_id = require_user(request)
     store = request.app[STORE]
+    await request.app[JOBS].flush_hits()  # cache hits answered from memory are written about once a second
     now = time.time()
     figures = await store.run(store.user_usage, user_id, now)
     last_cleanup = await store.run(store.get_meta, LAST_CLEANUP)
