@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -21,17 +24,26 @@ from speccyd.keys import (
     GENERATE_LIMIT,
     JOBS,
     KEY_CACHE,
+    METRICS,
+    QUOTAS,
+    REVOCATIONS,
     SECRETS,
     SESSIONS,
     SETTINGS,
+    STARTED_AT,
     STORE,
     UPSTREAM,
 )
+from speccyd.metrics import Metrics, metrics_middleware
+from speccyd.quotas import Quotas, limits_from
 from speccyd.ratelimit import RateLimiter
+from speccyd.revocations import Revocations, refresh_loop
 from speccyd.routes import setup_routes
+from speccyd.routes.metrics import metrics_app
+from speccyd.routes.metrics import routes as metrics_routes
 from speccyd.sessions import Sessions
-from speccyd.settings import Settings
-from speccyd.store import Store
+from speccyd.settings import Settings, split_listen
+from speccyd.store import SESSIONS_VALID_AFTER, Store, quarantine, quick_check
 from speccyd.synth import JobManager
 from speccyd.upstream import Upstream
 
@@ -40,13 +52,39 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024  # 1 MiB: a 100,000-character text is at most ~400 KB of JSON
 
 
+def set_aside_corrupt_database(settings: Settings) -> bool:
+    """Move a database that fails PRAGMA quick_check (and its audio) aside, so the server starts fresh
+    instead of crash-looping; the owner can still try `sqlite3 <file> .recover` on the copy."""
+    problem = quick_check(settings.db_path)
+    if problem is None:
+        return False
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = quarantine(settings.db_path, stamp)
+    audio_moved = settings.audio_dir.with_name(f"{settings.audio_dir.name}.corrupt-{stamp}")
+    if settings.audio_dir.exists():
+        os.replace(settings.audio_dir, audio_moved)
+    log.error(
+        "DATABASE CORRUPT: %s failed PRAGMA quick_check (%s); moved it to %s and its audio to %s; "
+        "starting with an empty database (every device must sign in again)",
+        settings.db_path,
+        problem,
+        moved,
+        audio_moved,
+    )
+    return True
+
+
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    app[STARTED_AT] = time.time()
+    fresh = set_aside_corrupt_database(settings)
     init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
     app[SECRETS] = ServerSecrets.load(settings.secrets_dir)
     app[SESSIONS] = Sessions(app[SECRETS])
     store = Store(settings.db_path)
     app[STORE] = store
+    if fresh:  # sessions name users the new database does not have: end them all
+        await store.run(store.set_meta, SESSIONS_VALID_AFTER, repr(time.time()))
     blobs = Blobs(settings.audio_dir)
     app[BLOBS] = blobs
     # Files without a ready row are leftovers of a crash (or of a purge racing a generation).
@@ -64,7 +102,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
-    jobs = JobManager(app[SETTINGS], store, app[BLOBS], app[UPSTREAM], app[SECRETS])
+    jobs = JobManager(app[SETTINGS], store, app[BLOBS], app[UPSTREAM], app[SECRETS], app[QUOTAS], app[METRICS])
     app[JOBS] = jobs
     interrupted = await store.run(store.generating)
     for row in interrupted:
@@ -95,13 +133,54 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    store, revocations = app[STORE], app[REVOCATIONS]
+    revocations.load(await store.run(store.revocations))  # before the first request, not a second later
+    task = asyncio.create_task(refresh_loop(store, revocations))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
+    """/metrics on its own address (`metrics_listen`), so it need not be reachable from the LAN."""
+    listen = app[SETTINGS].metrics_listen
+    if not listen:
+        yield
+        return
+    host, port = split_listen(listen)
+    runner = web.AppRunner(metrics_app(app), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        for address in runner.addresses:
+            log.info("metrics on http://%s:%d/metrics", address[0], address[1])
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def apply_reload(app: web.Application, settings: Settings) -> None:
+    """SIGHUP: take the new limits; connections, jobs and everything else carry on untouched."""
+    app[QUOTAS].defaults = limits_from(settings)
+    app[GENERATE_LIMIT].reconfigure(settings.rate_limit)
+    app[AUTH_FAILURE_LIMIT].reconfigure(settings.auth_rate_limit)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
+    metrics = Metrics()
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics_middleware(metrics), error_middleware])
     app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[QUOTAS] = Quotas(limits_from(settings))
+    app[REVOCATIONS] = Revocations()
     app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
     app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
     app[KEY_CACHE] = KeyCache(settings.key_cache_ttl)
-    app.cleanup_ctx.extend([storage_ctx, upstream_ctx, jobs_ctx, cleanup_ctx])
+    app.cleanup_ctx.extend([storage_ctx, revocations_ctx, upstream_ctx, jobs_ctx, cleanup_ctx, metrics_listener_ctx])
     app.on_shutdown.append(end_live_streams)
     setup_routes(app)
+    if settings.metrics:  # off by default: metrics tell who uses the server and how much
+        app.add_routes(metrics_routes)
     return app

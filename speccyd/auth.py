@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from speccyd.errors import ApiError
-from speccyd.keys import AUTH_FAILURE_LIMIT, KEY_CACHE, SECRETS, SESSIONS, STORE, UPSTREAM
+from speccyd.keys import AUTH_FAILURE_LIMIT, KEY_CACHE, REVOCATIONS, SECRETS, SESSIONS, STORE, UPSTREAM
 from speccyd.upstream import KeyRejected, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,19 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+def session_user(request: web.Request, token: str) -> str:
+    """The user of a valid session token that the owner has not revoked."""
+    user_id, issued_at = request.app[SESSIONS].verify_claims(token)
+    if request.app[REVOCATIONS].is_revoked(user_id, issued_at):
+        raise ApiError(401, "session_revoked", "this session was ended by the server's owner; sign in again")
+    return user_id
+
+
 def require_user(request: web.Request) -> str:
     token = bearer_token(request)
     if token is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <session token>")
-    return request.app[SESSIONS].verify(token)
+    return session_user(request, token)
 
 
 async def sign_in_with_key(request: web.Request, key: object) -> str:
@@ -77,7 +85,7 @@ async def require_user_or_key(request: web.Request) -> str:
     if token is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <OpenAI API key or session token>")
     if token.count(".") == 2:  # a JWT has three dot-separated parts; OpenAI keys have no dots
-        return request.app[SESSIONS].verify(token)
+        return session_user(request, token)
     if len(token) <= MAX_KEY_CHARS and token.isprintable():
         cached = request.app[KEY_CACHE].get(request.app[SECRETS].key_lookup_hash(token))
         if cached is not None:

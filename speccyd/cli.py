@@ -125,14 +125,41 @@ def serve(
 @app.command()
 def usage(
     data_dir: DataDir = None,
+    since: Annotated[str, typer.Option("--since", help="Window for generations, cache hits and cost.")] = "30d",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Files, storage and today's generations per user."""
-    store = open_store(settings_for(data_dir))
+    """Files, storage, generations, cache hits and estimated cost, per user and per model."""
+    from speccyd.costs import by_user, price_table, summarize
+
     try:
-        rows = store.usage_report(time.time())
+        window = parse_duration(since)
+    except ValueError as e:
+        fail(f"--since: {e}", 2)
+    settings = settings_for(data_dir)
+    store = open_store(settings)
+    now = time.time()
+    try:
+        rows = store.usage_report(now)
+        lines = store.usage_lines(now - window)
     finally:
         store.close()
+    prices = price_table(settings)
+    per_user = by_user(lines, prices)
+    overall = summarize(lines, prices)
+
+    def figures(s: Any) -> dict[str, Any]:
+        return {
+            "generations": s.generations,
+            "characters": s.characters,
+            "tokens": s.tokens,
+            "cache_hits": s.cache_hits,
+            "cached_characters": s.cached_characters,
+            "cache_hit_ratio": None if s.cache_hit_ratio is None else round(s.cache_hit_ratio, 4),
+            "estimated_cost_usd": round(s.cost_usd, 4),
+            "saved_cost_usd": round(s.saved_usd, 4),
+        }
+
+    empty = summarize([], prices)
     users = [
         {
             "user_id": r.user_id,
@@ -142,32 +169,64 @@ def usage(
             "storage_mb": round(r.storage_bytes / 1_000_000, 3),
             "generated_today": r.generated_today,
             "characters_today": r.characters_today,
+            **figures(per_user.get(r.user_id, empty)),
         }
         for r in rows
     ]
+    models = [
+        {"model": m.model, **figures(summarize([x for x in lines if x.model == m.model], prices))}
+        for m in sorted(overall.models.values(), key=lambda m: m.model)
+    ]
     totals = {
-        k: round(sum(u[k] for u in users), 3) for k in ("files", "storage_mb", "generated_today", "characters_today")
+        "users": len(users),
+        "files": sum(u["files"] for u in users),
+        "storage_mb": round(sum(u["storage_mb"] for u in users), 3),
+        "generated_today": sum(u["generated_today"] for u in users),
+        "characters_today": sum(u["characters_today"] for u in users),
+        **figures(overall),
     }
+    report = {"since": since, "prices_usd_per_million_chars": prices, "users": users, "models": models}
     if as_json:
-        typer.echo(json.dumps({"users": users, "totals": totals}, indent=2))
+        typer.echo(json.dumps({**report, "totals": totals}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="speccyd usage (today = UTC day)")
-    for column in ("user", "first seen", "last seen", "files", "MB", "generated today", "chars today"):
-        table.add_column(column, justify="right" if column not in {"user", "first seen", "last seen"} else "left")
+    # Eight narrow columns: fits an 80-column terminal with user ids cut to 8 characters.
+    console = Console()
+    table = Table(title=f"speccyd usage, last {since} (cost is an estimate)", title_justify="left")
+    for column in ("user", "files", "MB", "gens", "chars", "hits", "cost $", "saved $"):
+        table.add_column(column, justify="left" if column == "user" else "right")
     for u in users:
         table.add_row(
-            u["user_id"][:8], u["first_seen"][:16], u["last_seen"][:16], str(u["files"]),
-            f"{u['storage_mb']:.1f}", str(u["generated_today"]), str(u["characters_today"]),
+            u["user_id"][:8], str(u["files"]), f"{u['storage_mb']:.1f}", str(u["generations"]),
+            str(u["characters"]), str(u["cache_hits"]), f"{u['estimated_cost_usd']:.2f}",
+            f"{u['saved_cost_usd']:.2f}",
         )  # fmt: skip
     table.add_section()
     table.add_row(
-        f"{len(users)} users", "", "", str(totals["files"]), f"{totals['storage_mb']:.1f}",
-        str(totals["generated_today"]), str(totals["characters_today"]),
+        f"{len(users)} users", str(totals["files"]), f"{totals['storage_mb']:.1f}", str(totals["generations"]),
+        str(totals["characters"]), str(totals["cache_hits"]), f"{totals['estimated_cost_usd']:.2f}",
+        f"{totals['saved_cost_usd']:.2f}",
     )  # fmt: skip
-    Console().print(table)
+    console.print(table)
+    if models:
+        by_model = Table(title="per model", title_justify="left")
+        for column in ("model", "$/1M chars", "gens", "chars", "hits", "hit %", "cost $", "saved $"):
+            by_model.add_column(column, justify="left" if column == "model" else "right")
+        for m in models:
+            ratio = m["cache_hit_ratio"]
+            by_model.add_row(
+                m["model"], f"{prices.get(m['model'], prices['tts-1']):g}", str(m["generations"]),
+                str(m["characters"]), str(m["cache_hits"]), "-" if ratio is None else f"{ratio:.0%}",
+                f"{m['estimated_cost_usd']:.2f}", f"{m['saved_cost_usd']:.2f}",
+            )  # fmt: skip
+        console.print(by_model)
+    ratio = totals["cache_hit_ratio"]
+    console.print(
+        f"cache hit ratio {'-' if ratio is None else f'{ratio:.0%}'}; today (UTC): "
+        f"{totals['generated_today']} generations, {totals['characters_today']} characters"
+    )
 
 
 @app.command()
@@ -183,8 +242,6 @@ def purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete audio files and their records; safe while the server runs."""
-    from speccyd.blobs import Blobs
-    from speccyd.cleanup import purge as run_purge
     from speccyd.store import PurgeFilter
 
     settings = settings_for(data_dir)
@@ -221,12 +278,94 @@ def purge(
             return
         if not yes:
             typer.confirm(f"Remove {len(candidates)} files ({total_mb:.1f} MB)?", abort=True)
-        removed = run_purge(store, Blobs(settings.audio_dir), what, now)
+        started = time.monotonic()
+        removed = _purge_with_progress(store, settings, what, now, len(candidates))
     finally:
         store.close()
+    if len(removed) <= LIST_REMOVED:
+        for row in removed:
+            typer.echo(f"removed {row.id} ({row.status}, user {row.user_id[:8]})")
+    _purge_summary(removed, time.monotonic() - started)
+
+
+# Up to this many removed files are listed one per line; beyond it, a progress bar and a summary only.
+LIST_REMOVED = 20
+
+
+def _purge_with_progress(store: Any, settings: Settings, what: Any, now: float, expected: int) -> list[Any]:
+    from speccyd.blobs import Blobs
+    from speccyd.cleanup import purge as run_purge
+
+    blobs = Blobs(settings.audio_dir)
+    if expected <= LIST_REMOVED:
+        return list(run_purge(store, blobs, what, now))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("removing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # On stderr so a script reading stdout sees only the summary.
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("purge", total=expected)
+        return list(run_purge(store, blobs, what, now, progress=lambda rows: bar.advance(task, len(rows))))
+
+
+def _purge_summary(removed: list[Any], seconds: float) -> None:
+    size = sum(r.size_bytes or 0 for r in removed) / 1_000_000
+    users: dict[str, int] = {}
     for row in removed:
-        typer.echo(f"removed {row.id} ({row.status}, user {row.user_id[:8]})")
-    typer.echo(f"removed {len(removed)} files, {sum(r.size_bytes or 0 for r in removed) / 1_000_000:.1f} MB")
+        users[row.user_id] = users.get(row.user_id, 0) + 1
+    typer.echo(f"removed {len(removed)} files, {size:.1f} MB")
+    if removed:
+        most = ", ".join(f"{u[:8]} ({n})" for u, n in sorted(users.items(), key=lambda kv: -kv[1])[:5])
+        typer.echo(f"  {len(users)} users: {most}{', ...' if len(users) > 5 else ''}; took {seconds:.1f}s")
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="A new directory, or a file name ending in .tar.gz.")],
+    data_dir: DataDir = None,
+    no_secrets: Annotated[
+        bool, typer.Option("--no-secrets", help="Leave out the server secrets (sessions and stored keys are lost).")
+    ] = False,
+) -> None:
+    """Snapshot the database, audio, config and secrets; safe while the server runs."""
+    from speccyd.backup import BackupError
+    from speccyd.backup import backup as run_backup
+    from speccyd.store import StoreError
+
+    settings = settings_for(data_dir)
+    open_store(settings).close()  # fails clearly on a missing or unusable data dir
+    try:
+        report = run_backup(settings, dest, secrets=not no_secrets)
+    except (BackupError, StoreError, OSError) as e:
+        fail(f"backup failed: {e}")
+    typer.echo(
+        f"backed up {report.files} audio files ({report.bytes / 1_000_000:.1f} MB), the database and config"
+        f"{' and secrets' if report.secrets else ' (no secrets)'} to {report.dest}"
+    )
+    if report.vanished:
+        typer.echo(f"{report.vanished} files expired or were purged during the backup and are not in it")
+
+
+@app.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="A backup directory or .tar.gz made by `speccyd backup`.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Check a backup's integrity and restore it into a new or empty data dir."""
+    from speccyd.backup import BackupError
+    from speccyd.backup import restore as run_restore
+    from speccyd.settings import default_data_dir
+
+    target = data_dir or default_data_dir()
+    try:
+        report = run_restore(src, target)
+    except (BackupError, OSError) as e:
+        fail(f"restore failed: {e}")
+    typer.echo(f"restored {report.files} audio files ({report.bytes / 1_000_000:.1f} MB) into {report.data_dir}")
+    if not report.secrets:
+        typer.echo("the backup has no secrets: new ones are made at start; every user must sign in again")
 
 
 @app.command()
@@ -306,6 +445,12 @@ def _iso(timestamp: float) -> str:
     from speccyd.timeutil import iso
 
     return iso(timestamp) or ""
+
+
+# Registers `speccyd users ...`; imported last because it uses the helpers above.
+from speccyd import cli_users  # noqa: E402
+
+__all__ = ["app", "cli_users", "main"]
 
 
 def main() -> None:

@@ -7,7 +7,10 @@ from aiohttp import web
 from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
 from speccyd.keycache import KeyCache
+from speccyd.metrics import Metrics
+from speccyd.quotas import Quotas
 from speccyd.ratelimit import RateLimiter
+from speccyd.revocations import Revocations
 from speccyd.sessions import Sessions
 from speccyd.settings import Settings
 from speccyd.store import Store
@@ -24,3 +27,7 @@ JOBS = web.AppKey("jobs", JobManager)
 GENERATE_LIMIT = web.AppKey("generate_limit", RateLimiter)
 AUTH_FAILURE_LIMIT = web.AppKey("auth_failure_limit", RateLimiter)
 KEY_CACHE = web.AppKey("key_cache", KeyCache)
+REVOCATIONS = web.AppKey("revocations", Revocations)
+QUOTAS = web.AppKey("quotas", Quotas)
+METRICS = web.AppKey("metrics", Metrics)
+STARTED_AT = web.AppKey("started_at", float)

@@ -12,6 +12,13 @@ class RateLimiter:
         self._rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
 
+    def reconfigure(self, per_minute: int) -> None:
+        """A new rate (SIGHUP); buckets restart full rather than carry tokens of another rate."""
+        if per_minute != self.per_minute:
+            self.per_minute = per_minute
+            self._rate = per_minute / 60.0
+            self._buckets.clear()
+
     @property
     def enabled(self) -> bool:
         return self.per_minute > 0

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import signal
 import sys
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from speccyd import __version__
-from speccyd.app import create_app
-from speccyd.settings import Settings
+from speccyd.app import apply_reload, create_app
+from speccyd.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("speccyd")
 
@@ -27,10 +29,30 @@ _SECRET_PATTERNS = [
 
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for pattern, replacement in _SECRET_PATTERNS:
-            text = pattern.sub(replacement, text)
-        return text
+        return redact(super().format(record))
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """`log_format = "json"`: one JSON object per line, for journald, Loki and friends."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -52,9 +74,12 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -89,6 +114,7 @@ async def _serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload, app, settings)
         await stop.wait()
         log.info("shutting down: finishing in-flight requests (at most %.0fs)", settings.shutdown_timeout)
     finally:
@@ -96,6 +122,29 @@ async def _serve(settings: Settings) -> None:
     log.info("stopped")
 
 
+def reload(app: web.Application, started: Settings) -> None:
+    """SIGHUP: re-read config.toml and the environment; apply log level, log format and limits.
+
+    Listening address, data dir and the rest need a restart; open connections are never touched.
+    """
+    try:
+        new = load_settings(started.data_dir, {"host": started.host, "port": started.port})
+    except SettingsError as e:
+        log.error("SIGHUP: configuration not reloaded: %s", e)
+        return
+    configure_logging(new.log_level, new.log_format)
+    apply_reload(app, new)
+    log.info(
+        "SIGHUP: reloaded log_level=%s log_format=%s daily_char_quota=%d storage_quota=%d max_files=%d rate_limit=%d",
+        new.log_level,
+        new.log_format,
+        new.daily_char_quota,
+        new.storage_quota,
+        new.max_files,
+        new.rate_limit,
+    )
+
+
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(_serve(settings))

@@ -124,6 +124,83 @@ def _log_level(value: object) -> str:
     return value.strip().lower()
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+
+def parse_size(value: object) -> int:
+    """Bytes from "500MB", "1GB", "2GiB" or a bare number of bytes; 0 or "off" means no limit."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '500MB' or 'off'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"must be at least 0, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as '500MB' or 'off'")
+    if value.strip().lower() in {"off", "none"}:
+        return 0
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"cannot parse size {value!r} (use a number and one of B, KB, MB, GB, TB, KiB, MiB, GiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} B"
+
+
+def _limit(value: object) -> int:
+    """A whole-number limit; 0 or "off" means none."""
+    if isinstance(value, str) and value.strip().lower() in {"off", "none"}:
+        return 0
+    return _int(0)(value)
+
+
+def _price(value: object) -> float:
+    """US dollars per million characters."""
+    if isinstance(value, bool):
+        raise ValueError("expected a price in USD per million characters")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"expected a price in USD per million characters, got {value!r}") from None
+    if not isinstance(value, int | float) or value < 0 or value != value:
+        raise ValueError("expected a price of 0 or more USD per million characters")
+    return float(value)
+
+
+def _log_format(value: object) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in {"text", "json"}:
+        raise ValueError(f"expected 'text' or 'json', got {value!r}")
+    return value.strip().lower()
+
+
+def _listen(value: object) -> str:
+    """ "off", or host:port for a separate metrics listener ([::1]:9420 for IPv6)."""
+    if not isinstance(value, str):
+        raise ValueError("expected 'off' or host:port")
+    value = value.strip()
+    if value.lower() in {"off", ""}:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9420, got {value!r}")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class Spec:
     parse: Callable[[object], Any]
@@ -151,7 +228,7 @@ SPECS: dict[str, Spec] = {
     "shutdown_timeout": Spec(parse_duration, "10s", "How long in-flight responses may take at shutdown."),
     "mdns": Spec(_switch, "on", "Advertise _speccy._tcp on the LAN (on/off)."),
     "mdns_interfaces": Spec(_interfaces, "all", "'all' or a list of IP addresses to announce on."),
-    "log_level": Spec(_log_level, "info", "debug, info, warning or error."),
+    "log_level": Spec(_log_level, "info", "debug, info, warning or error (SIGHUP reloads it)."),
     "upstream_max_chars": Spec(
         _int(50, 1_000_000), "4096", "Longest text sent in one upstream call; longer text is split (OpenAI: 4096)."
     ),
@@ -162,6 +239,19 @@ SPECS: dict[str, Spec] = {
         parse_duration, "5m", "How long an OpenAI key checked for /v1 requests is trusted before asking again."
     ),
     "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its audio."),
+    # --- running it for a household (docs/operations.md) ---
+    "log_format": Spec(_log_format, "text", "'text' for people, 'json' for one JSON object per line."),
+    "daily_char_quota": Spec(_limit, "0", "Characters each user may have generated per UTC day; 0 or 'off' for none."),
+    "storage_quota": Spec(parse_size, "off", "Audio each user may keep, e.g. '500MB'; 'off' for none."),
+    "max_files": Spec(_limit, "0", "Audio files each user may keep; 0 or 'off' for none."),
+    "price_tts_1": Spec(_price, "15", "USD per million characters for tts-1 (cost estimates only)."),
+    "price_tts_1_hd": Spec(_price, "30", "USD per million characters for tts-1-hd (cost estimates only)."),
+    "price_gpt_4o_mini_tts": Spec(
+        _price, "15", "Estimated USD per million characters for gpt-4o-mini-tts (billed per token; an estimate)."
+    ),
+    "min_free_disk": Spec(parse_size, "1GB", "/healthz fails when the data dir's disk has less free space."),
+    "metrics": Spec(_switch, "off", "Serve Prometheus metrics at GET /metrics on the main port (on/off)."),
+    "metrics_listen": Spec(_listen, "off", "Serve /metrics on a separate host:port instead, e.g. 127.0.0.1:9420."),
 }
 
 
@@ -189,6 +279,16 @@ class Settings:
     chunk_concurrency: int
     key_cache_ttl: float
     speech_wait: float
+    log_format: str
+    daily_char_quota: int
+    storage_quota: int
+    max_files: int
+    price_tts_1: float
+    price_tts_1_hd: float
+    price_gpt_4o_mini_tts: float
+    min_free_disk: int
+    metrics: bool
+    metrics_listen: str
 
     @property
     def db_path(self) -> Path:

@@ -127,8 +127,24 @@ def _m2_change_log(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _m3_accounting(db: sqlite3.Connection) -> None:
+    """Tokens billed (when the upstream reports them), session revocation, per-user limit overrides."""
+    statements = [
+        "ALTER TABLE usage_log ADD COLUMN tokens INTEGER",
+        # A session token issued at or before this time (epoch seconds) is refused: `speccyd users revoke`.
+        "ALTER TABLE users ADD COLUMN sessions_valid_after REAL NOT NULL DEFAULT 0",
+        # NULL: the server-wide setting applies; 0: no limit for this user; N: this user's own limit.
+        "ALTER TABLE users ADD COLUMN limit_daily_chars INTEGER",
+        "ALTER TABLE users ADD COLUMN limit_storage_bytes INTEGER",
+        "ALTER TABLE users ADD COLUMN limit_max_files INTEGER",
+        "CREATE INDEX usage_log_at ON usage_log(at)",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only: a migration that has shipped is never edited, and its position is its version.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_change_log]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_change_log, _m3_accounting]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -199,6 +215,63 @@ class UserUsage:
     storage_bytes: int
     generated_today: int
     characters_today: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-user limits; 0 means none. As overrides, None means "the server-wide setting"."""
+
+    daily_chars: int
+    storage_bytes: int
+    max_files: int
+
+
+@dataclass(frozen=True)
+class LimitOverrides:
+    daily_chars: int | None = None
+    storage_bytes: int | None = None
+    max_files: int | None = None
+
+    def apply(self, defaults: Limits) -> Limits:
+        return Limits(
+            defaults.daily_chars if self.daily_chars is None else self.daily_chars,
+            defaults.storage_bytes if self.storage_bytes is None else self.storage_bytes,
+            defaults.max_files if self.max_files is None else self.max_files,
+        )
+
+
+class QuotaExceeded(Exception):
+    """A new generation would go over one of the user's limits; nothing was written."""
+
+    def __init__(self, limit: str, allowed: int, used: int, frees_at: float | None) -> None:
+        super().__init__(f"{limit} quota exceeded")
+        self.limit = limit  # "daily_chars", "storage" or "max_files"
+        self.allowed = allowed
+        self.used = used
+        self.frees_at = frees_at  # when the oldest kept file expires (storage and file limits)
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    """Usage events of one user, model and kind ('generated' or 'cache_hit') in a time window."""
+
+    user_id: str
+    model: str
+    kind: str
+    events: int
+    characters: int
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    user_id: str
+    created_at: float
+    last_seen: float
+    files_count: int
+    storage_bytes: int
+    sessions_valid_after: float
+    overrides: LimitOverrides
 
 
 @dataclass(frozen=True)
@@ -359,11 +432,13 @@ class Store:
 
     # --- audio files ---
 
-    def claim(self, user_id: str, new: NewFile, now: float, retention: float) -> Claim:
+    def claim(self, user_id: str, new: NewFile, now: float, retention: float, limits: Limits | None = None) -> Claim:
         """Find usable audio for this content or register a new generation, atomically.
 
         Ready and unexpired: its expiry moves to now + retention (a cache hit). Generating: returned as is,
-        so concurrent identical requests share one upstream call. Otherwise a new row replaces the old one.
+        so concurrent identical requests share one upstream call. Otherwise a new row replaces the old one,
+        if the user's `limits` allow it (QuotaExceeded otherwise): checked in the same transaction, so
+        concurrent requests cannot all slip under a limit together.
         """
         with self._write() as db:
             db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id))
@@ -386,6 +461,8 @@ class Store:
                 )
                 hit = FileRow(**{**old.__dict__, "expires_at": now + retention, "updated_at": now})
                 return Claim(hit, created=False, replaced=None)
+            if limits is not None:
+                self._check_limits(db, user_id, len(new.text), limits, now)
             if old is not None:
                 db.execute("DELETE FROM audio_files WHERE id = ?", (old.id,))
             row = FileRow(
@@ -428,7 +505,38 @@ class Store:
                 [(h.user_id, h.at, h.model, h.characters) for h in hits],
             )
 
-    def mark_ready(self, file_id: str, size: int, sha256: str, now: float, retention: float) -> bool:
+    def _check_limits(
+        self, db: sqlite3.Connection, user_id: str, characters: int, defaults: Limits, now: float
+    ) -> None:
+        row = db.execute(
+            "SELECT limit_daily_chars, limit_storage_bytes, limit_max_files FROM users WHERE id = ?", (user_id,)
+        ).fetchone()
+        limits = LimitOverrides(*row).apply(defaults) if row is not None else defaults
+        if limits.daily_chars:
+            # In-flight generations count too: a burst of new requests cannot all pass before any finishes.
+            used = db.execute(
+                "SELECT (SELECT coalesce(sum(characters), 0) FROM usage_log "
+                "        WHERE user_id = ? AND kind = 'generated' AND at >= ?) + "
+                "       (SELECT coalesce(sum(characters), 0) FROM audio_files "
+                "        WHERE user_id = ? AND status = 'generating')",
+                (user_id, _start_of_day(now), user_id),
+            ).fetchone()[0]
+            if used + characters > limits.daily_chars:
+                raise QuotaExceeded("daily_chars", limits.daily_chars, used, None)
+        if limits.storage_bytes or limits.max_files:
+            files, stored, first_expiry = db.execute(
+                "SELECT count(*), coalesce(sum(size_bytes), 0), min(expires_at) FROM audio_files "
+                "WHERE user_id = ? AND (status = 'generating' OR (status = 'ready' AND expires_at > ?))",
+                (user_id, now),
+            ).fetchone()
+            if limits.storage_bytes and stored >= limits.storage_bytes:
+                raise QuotaExceeded("storage", limits.storage_bytes, stored, first_expiry)
+            if limits.max_files and files >= limits.max_files:
+                raise QuotaExceeded("max_files", limits.max_files, files, first_expiry)
+
+    def mark_ready(
+        self, file_id: str, size: int, sha256: str, now: float, retention: float, tokens: int | None = None
+    ) -> bool:
         """False when the row is gone (deleted or purged meanwhile): the caller then removes the audio."""
         with self._write() as db:
             row = db.execute(
@@ -440,8 +548,9 @@ class Store:
             if row is None:
                 return False
             db.execute(
-                "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'generated', ?, ?)",
-                (row[0], now, row[1], row[2]),
+                "INSERT INTO usage_log (user_id, at, kind, model, characters, tokens) "
+                "VALUES (?, ?, 'generated', ?, ?, ?)",
+                (row[0], now, row[1], row[2], tokens),
             )
             return True
 
@@ -587,3 +696,140 @@ class Store:
             (today, today, user_id, user_id),
         )
         return [UserUsage(*r) for r in rows]
+
+    def usage_lines(self, since: float, user_id: str | None = None) -> list[UsageLine]:
+        """Usage events since `since`, summed per user, model and kind."""
+        rows = self._db.execute(
+            "SELECT user_id, model, kind, count(*), coalesce(sum(characters), 0), sum(tokens) FROM usage_log "
+            "WHERE at >= ? AND (? IS NULL OR user_id = ?) GROUP BY user_id, model, kind ORDER BY user_id, model, kind",
+            (since, user_id, user_id),
+        )
+        return [UsageLine(*r) for r in rows]
+
+    def storage_totals(self) -> tuple[int, int]:
+        """(ready files, their bytes) for the whole server."""
+        files, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(size_bytes), 0) FROM audio_files WHERE status = 'ready'"
+        ).fetchone()
+        return int(files), int(size)
+
+    # --- user administration ---
+
+    def user_infos(self, user_id: str | None = None) -> list[UserInfo]:
+        rows = self._db.execute(
+            """
+            SELECT u.id, u.created_at, u.last_seen,
+                (SELECT count(*) FROM audio_files f WHERE f.user_id = u.id AND f.status = 'ready'),
+                (SELECT coalesce(sum(size_bytes), 0) FROM audio_files f WHERE f.user_id = u.id AND f.status = 'ready'),
+                u.sessions_valid_after, u.limit_daily_chars, u.limit_storage_bytes, u.limit_max_files
+            FROM users u WHERE ? IS NULL OR u.id = ? ORDER BY u.created_at
+            """,
+            (user_id, user_id),
+        )
+        return [UserInfo(r[0], r[1], r[2], r[3], r[4], r[5], LimitOverrides(r[6], r[7], r[8])) for r in rows]
+
+    def user_overrides(self, user_id: str) -> LimitOverrides:
+        row = self._db.execute(
+            "SELECT limit_daily_chars, limit_storage_bytes, limit_max_files FROM users WHERE id = ?", (user_id,)
+        ).fetchone()
+        return LimitOverrides() if row is None else LimitOverrides(*row)
+
+    def set_limits(self, user_id: str, changes: dict[str, int | None]) -> None:
+        """Set some of daily_chars, storage_bytes, max_files; None puts one back to the server default."""
+        columns = {
+            "daily_chars": "limit_daily_chars",
+            "storage_bytes": "limit_storage_bytes",
+            "max_files": "limit_max_files",
+        }
+        if not changes:
+            return
+        assignments = ", ".join(f"{columns[name]} = ?" for name in changes)  # names come from the fixed table
+        with self._write() as db:
+            db.execute(f"UPDATE users SET {assignments} WHERE id = ?", [*changes.values(), user_id])
+
+    def revoke_sessions(self, user_id: str, now: float) -> None:
+        with self._write() as db:
+            db.execute("UPDATE users SET sessions_valid_after = ? WHERE id = ?", (now, user_id))
+
+    def revocations(self) -> dict[str, float]:
+        """user id -> time before which that user's sessions are void; "*" holds the server-wide time."""
+        result = {r[0]: float(r[1]) for r in self._db.execute(
+            "SELECT id, sessions_valid_after FROM users WHERE sessions_valid_after > 0"
+        )}  # fmt: skip
+        everyone = self.get_meta(SESSIONS_VALID_AFTER)
+        if everyone:
+            result["*"] = float(everyone)
+        return result
+
+    def user_exists(self, user_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is not None
+
+    # --- operations ---
+
+    def probe_write(self, now: float) -> None:
+        """A real write and commit: fails when the disk is full or read-only, or the file is gone."""
+        self.set_meta("health_probe", repr(now))
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy through SQLite's online backup API; the server keeps writing meanwhile."""
+        target = sqlite3.connect(path)
+        try:
+            # All pages in one step: in WAL mode that read transaction never blocks the server's writes, while
+            # a copy in several steps would start over each time the server commits in between.
+            self._db.backup(target)
+        finally:
+            target.close()
+
+    def ready_files(self) -> list[tuple[str, str, int, str]]:
+        """(id, format, size, sha256) of every ready file."""
+        return [
+            (r[0], r[1], int(r[2]), r[3])
+            for r in self._db.execute("SELECT id, format, size_bytes, sha256 FROM audio_files WHERE status = 'ready'")
+        ]
+
+    def forget_files(self, ids: list[str]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM audio_files WHERE id = ?", [(i,) for i in ids])
+
+    def integrity_check(self) -> list[str]:
+        """Problems found by the full PRAGMA integrity_check; empty when the database is sound."""
+        rows = [str(r[0]) for r in self._db.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
+
+
+SESSIONS_VALID_AFTER = "sessions_valid_after"
+
+
+# Only these mean the file itself is damaged; "cannot open" or "locked" must never move a good database aside.
+_CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+
+
+def quick_check(path: Path) -> str | None:
+    """None when the database at `path` passes PRAGMA quick_check (or does not exist), else what is wrong.
+
+    Errors other than corruption (permissions, a full disk, ...) are raised as StoreError.
+    """
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            rows = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorcode", None) in _CORRUPT_CODES:
+            return str(e)
+        raise StoreError(f"cannot check database {path}: {e}") from None
+    return None if rows == ["ok"] else "; ".join(rows[:5])
+
+
+def quarantine(path: Path, stamp: str) -> Path:
+    """Move a database and its -wal/-shm files aside as <name>.corrupt-<stamp>; returns the new path."""
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, moved.with_name(moved.name + suffix))
+    return moved

@@ -20,9 +20,11 @@ from speccyd.blobs import TMP_DIR, Blobs, BlobWriter
 from speccyd.chunking import split_text
 from speccyd.crypto import ServerSecrets
 from speccyd.live import LiveFile
+from speccyd.metrics import Metrics
+from speccyd.quotas import Quotas, quota_error
 from speccyd.readycache import ReadyCache
 from speccyd.settings import Settings
-from speccyd.store import FileRow, Store
+from speccyd.store import FileRow, QuotaExceeded, Store
 from speccyd.tts import SpeechRequest
 from speccyd.upstream import Upstream, UpstreamError
 
@@ -33,36 +35,67 @@ MAX_BACKOFF = 30.0
 
 class JobManager:
     def __init__(
-        self, settings: Settings, store: Store, blobs: Blobs, upstream: Upstream, secrets: ServerSecrets
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: Blobs,
+        upstream: Upstream,
+        secrets: ServerSecrets,
+        quotas: Quotas | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._blobs = blobs
         self._upstream = upstream
         self._secrets = secrets
+        self._quotas = quotas
+        self._metrics = metrics
         self.ready = ReadyCache()
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
         self._live: dict[str, LiveFile] = {}
 
+    @property
+    def running(self) -> int:
+        """Generations in progress (the speccyd_generations_running metric)."""
+        return len(self._tasks)
+
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
-        """Audio for this request: cached, already in flight, or a generation started now."""
+        """Audio for this request: cached, already in flight, or a generation started now.
+
+        Quotas are checked (inside the claim) only for a new generation: see speccyd/quotas.py.
+        """
         now = time.time()
         cached = self.ready.find(user_id, speech.content_hash)
         if cached is not None and not cached.is_expired(now):
             if self._blobs.exists(cached.id, cached.format):
+                self._outcome("cache_hit")
                 return self.ready.hit(cached, now, self._settings.retention)
             self.ready.drop(cached.id)  # purged by another process; the database knows what is left
         store = self._store
-        claim = await store.run(store.claim, user_id, speech.new_file(), now, self._settings.retention)
+        limits = self._quotas.defaults if self._quotas is not None else None
+        try:
+            claim = await store.run(store.claim, user_id, speech.new_file(), now, self._settings.retention, limits)
+        except QuotaExceeded as e:
+            self._outcome("quota_exceeded")
+            raise quota_error(e, len(speech.text)) from None
         if claim.replaced is not None:
             self.ready.drop(claim.replaced.id)
             self._blobs.remove(claim.replaced.id, claim.replaced.format)
         if claim.created:
             self.start(claim.row)
+        elif claim.row.status == "ready":
+            self._outcome("cache_hit")
+        else:
+            self._outcome("joined")
         self.ready.put(claim.row)
         return claim.row
+
+    def _outcome(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.generations.labels(outcome).inc()
 
     async def get(self, file_id: str) -> FileRow | None:
         """A file by id, from memory when it is ready and known, else from the database."""
@@ -144,13 +177,16 @@ class JobManager:
             if api_key is None:
                 raise UpstreamError("the server cannot use this user's key any more; sign in again", retryable=False)
             await self._generate(row, api_key, live)
+            self._outcome("generated")
         except UpstreamError as e:
             log.warning("generation %s failed: %s", row.id, e.message)
+            self._outcome("failed")
             await store.run(store.mark_failed, row.id, e.message, time.time())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("generation %s failed unexpectedly", row.id)
+            self._outcome("failed")
             await store.run(store.mark_failed, row.id, "internal error while generating", time.time())
         finally:
             if live.state == "generating":  # failed or cancelled: readers must not see a clean end
@@ -234,6 +270,8 @@ class JobManager:
             # The job's own limit first, then a server-wide slot: never more than upstream_concurrency calls.
             async with job.chunk_slots, self._slots:
                 part.begin()
+                started = time.monotonic()
+                result = "error"
                 chunks = self._upstream.speech(
                     job.api_key,
                     text=text,
@@ -243,10 +281,17 @@ class JobManager:
                     speed=row.speed,
                     instructions=row.instructions,
                 )
-                async with contextlib.aclosing(chunks):
-                    async for chunk in chunks:
-                        received += len(chunk)
-                        part.write(cleaner.feed(chunk))
+                try:
+                    async with contextlib.aclosing(chunks):
+                        async for chunk in chunks:
+                            if received == 0 and self._metrics is not None:
+                                self._metrics.upstream_first_byte.observe(time.monotonic() - started)
+                            received += len(chunk)
+                            part.write(cleaner.feed(chunk))
+                    result = "ok"
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.upstream_duration.labels(result).observe(time.monotonic() - started)
             if received == 0:
                 raise UpstreamError("upstream returned no audio", retryable=True)
             part.write(cleaner.finish())

@@ -140,3 +140,21 @@ def decode(data: bytes, fmt: str, directory: Path) -> Decoded:
     )
     errors = result.stderr.decode(errors="replace") + ("" if result.returncode == 0 else f"exit {result.returncode}")
     return Decoded(len(result.stdout) / 2 / CLIP_RATE, errors)
+
+
+@pytest.fixture
+def settings_db(data_dir: Path) -> Any:
+    """A second connection to the test server's database, as the CLI would open it (after the app started)."""
+    from speccyd.store import Store
+
+    stores: list[Store] = []
+
+    class Lazy:
+        def __getattr__(self, name: str) -> Any:
+            if not stores:
+                stores.append(Store(data_dir / "speccyd.db"))
+            return getattr(stores[0], name)
+
+    yield Lazy()
+    for store in stores:
+        store.close()

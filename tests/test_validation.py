@@ -139,4 +139,5 @@ async def test_healthz(client: AppClient) -> None:
 
     response = await client.get("/healthz")
     assert response.status == 200
-    assert await response.json() == {"status": "ok", "version": __version__}
+    body = await response.json()
+    assert (body["status"], body["version"]) == ("ok", __version__)

@@ -9,8 +9,9 @@ from aiohttp.abc import AbstractStreamWriter
 
 from speccyd.auth import require_user
 from speccyd.errors import ApiError
-from speccyd.keys import BLOBS, JOBS, SECRETS
+from speccyd.keys import BLOBS, JOBS, METRICS, SECRETS
 from speccyd.live import LiveAborted, LiveFile
+from speccyd.metrics import CountedFileResponse
 from speccyd.routes.common import FILE_ID
 from speccyd.store import FileRow
 from speccyd.tts import CONTENT_TYPES
@@ -42,8 +43,10 @@ async def _authorized_row(request: web.Request, file_id: str) -> FileRow:
     return row
 
 
-class AudioFileResponse(web.FileResponse):
+class AudioFileResponse(CountedFileResponse):
     """aiohttp's FileResponse, plus If-Range with an entity tag (aiohttp only understands dates there).
+
+    Counted in the active-streams metric while it is sent.
 
     RFC 9110 13.1.5: when If-Range names an ETag that is not the current strong one, the Range is ignored
     and the whole file is sent, so a player never splices bytes of two different files.
@@ -86,7 +89,9 @@ async def download(request: web.Request) -> web.StreamResponse:
     if not path.is_file():  # purged a moment ago
         raise ApiError(404, "not_found", "no such file")
     return AudioFileResponse(
-        path, headers={"Content-Type": CONTENT_TYPES[row.format], "Cache-Control": "private, max-age=86400"}
+        request.app[METRICS],
+        path,
+        headers={"Content-Type": CONTENT_TYPES[row.format], "Cache-Control": "private, max-age=86400"},
     )
 
 

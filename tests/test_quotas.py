@@ -1,0 +1,169 @@
+"""Per-user limits on new generations, cost estimates and GET /user/usage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from speccyd.quotas import next_utc_midnight
+from speccyd.store import Store
+from tests.conftest import AppClient, generate, sign_in, wait_status
+from tests.fake_upstream import FakeUpstream
+
+MakeClient = Callable[..., Awaitable[AppClient]]
+
+
+async def ready(client: AppClient, headers: dict[str, str], text: str, **body: object) -> dict[str, object]:
+    _, first = await generate(client, headers, text=text, **body)
+    return await wait_status(client, headers, str(first["content_hash"]))
+
+
+async def test_daily_quota_refuses_new_generation_with_429_and_reset_time(make_client: MakeClient) -> None:
+    """Past the daily character quota a new generation gets 429 quota_exceeded naming the limit and its reset."""
+    client = await make_client(daily_char_quota="25")
+    headers = await sign_in(client)
+    await ready(client, headers, "x" * 20)
+    status, body = await generate(client, headers, text="y" * 10)
+    assert status == 429
+    assert body["error"]["code"] == "quota_exceeded"
+    message = body["error"]["message"]
+    assert "daily character quota" in message and "20 of 25" in message
+    reset = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(next_utc_midnight(time.time())))
+    assert reset in message
+    response = await client.post("/tts/generate", json={"text": "y" * 10}, headers=headers)
+    assert 0 < int(response.headers["Retry-After"]) <= 86400
+
+
+async def test_cache_hits_pass_when_over_quota(make_client: MakeClient, fake: FakeUpstream) -> None:
+    """A cache hit costs nothing upstream and stores nothing new, so quotas never refuse it."""
+    client = await make_client(daily_char_quota="20", max_files="1", storage_quota="1B")
+    headers = await sign_in(client)
+    await ready(client, headers, "a" * 20)
+    status, body = await generate(client, headers, text="b")
+    assert status in (429, 507)
+    status, body = await generate(client, headers, text="a" * 20)
+    assert status == 200 and body["status"] == "ready"
+    assert len(fake.speech_calls) == 1
+
+
+async def test_joining_a_generation_in_flight_is_not_a_new_generation(
+    make_client: MakeClient, fake: FakeUpstream
+) -> None:
+    """A second identical request while the first is generating joins it, even at the file limit."""
+    client = await make_client(max_files="1")
+    headers = await sign_in(client)
+    fake.gate.clear()
+    status, first = await generate(client, headers, text="in flight")
+    assert status == 202
+    status, second = await generate(client, headers, text="in flight")
+    assert status == 202 and second["file_id"] == first["file_id"]
+    status, other = await generate(client, headers, text="another")
+    assert status == 507 and other["error"]["code"] == "quota_exceeded"
+    fake.gate.set()
+
+
+async def test_in_flight_characters_count_against_the_daily_quota(make_client: MakeClient, fake: FakeUpstream) -> None:
+    """Characters of generations still running count, so a burst cannot slip past the daily limit."""
+    client = await make_client(daily_char_quota="30")
+    headers = await sign_in(client)
+    fake.gate.clear()
+    assert (await generate(client, headers, text="c" * 20))[0] == 202
+    status, body = await generate(client, headers, text="d" * 20)
+    assert status == 429 and "20 of 30" in body["error"]["message"]
+    fake.gate.set()
+
+
+async def test_storage_quota_gives_507_naming_the_limit(make_client: MakeClient, fake: FakeUpstream) -> None:
+    """Once a user's stored audio reaches storage_quota, new generations get 507 and the next expiry time."""
+    fake.audio_size = 3000
+    client = await make_client(storage_quota="5KB")
+    headers = await sign_in(client)
+    await ready(client, headers, "one")
+    await ready(client, headers, "two")
+    status, body = await generate(client, headers, text="three")
+    assert status == 507
+    assert body["error"]["code"] == "quota_exceeded"
+    assert "storage quota reached: 6 KB stored of 5 KB allowed" in body["error"]["message"]
+    assert "expire" in body["error"]["message"]
+
+
+async def test_max_files_gives_507_and_deleting_makes_room(make_client: MakeClient) -> None:
+    """At max_files a new generation gets 507; deleting a file lets the next one through."""
+    client = await make_client(max_files="2")
+    headers = await sign_in(client)
+    first = await ready(client, headers, "one")
+    await ready(client, headers, "two")
+    status, body = await generate(client, headers, text="three")
+    assert status == 507 and "file limit reached: 2 of 2 files" in body["error"]["message"]
+    await client.delete(f"/tts/{first['file_id']}", headers=headers)
+    assert (await generate(client, headers, text="three"))[0] == 202
+
+
+async def test_per_user_override_beats_the_server_default(make_client: MakeClient, settings_db: Store) -> None:
+    """A limit stored for one user (speccyd users limit) applies to them only; 0 lifts a server-wide limit."""
+    client = await make_client(max_files="1")
+    alice = await sign_in(client, "sk-test-alice")
+    bob = await sign_in(client, "sk-test-bob")
+    await ready(client, alice, "alice one")
+    await ready(client, bob, "bob one")
+    alice_id = settings_db.user_infos()[0].user_id  # users are listed in sign-up order
+    settings_db.set_limits(alice_id, {"max_files": 0})
+    assert (await generate(client, alice, text="alice two"))[0] == 202
+    assert (await generate(client, bob, text="bob two"))[0] == 507
+
+
+async def test_user_usage_reports_30_days_cost_savings_and_limits(make_client: MakeClient) -> None:
+    """/user/usage adds characters, cache hits, estimated cost and savings over 30 days, and the limits."""
+    client = await make_client(daily_char_quota="100000", storage_quota="500MB", price_tts_1_hd="30")
+    headers = await sign_in(client)
+    await ready(client, headers, "h" * 1000, model="tts-1-hd")
+    await ready(client, headers, "s" * 500)
+    assert (await generate(client, headers, text="h" * 1000, model="tts-1-hd"))[0] == 200  # a cache hit
+    body = await (await client.get("/user/usage", headers=headers)).json()
+    assert body["characters_today"] == 1500
+    assert body["characters_30d"] == 1500
+    assert body["cache_hits_30d"] == 1
+    assert body["estimated_cost_30d_usd"] == pytest.approx(1000 * 30 / 1e6 + 500 * 15 / 1e6)
+    assert body["saved_cost_30d_usd"] == pytest.approx(1000 * 30 / 1e6)
+    assert body["limits"]["daily_char_quota"] == 100000
+    assert body["limits"]["storage_quota_bytes"] == 500_000_000
+    assert body["limits"]["max_files"] is None
+    assert body["limits"]["daily_resets_at"].endswith("T00:00:00Z")
+
+
+async def test_user_usage_limits_are_null_when_off(client: AppClient) -> None:
+    """With no limits configured every limit reads null (none)."""
+    headers = await sign_in(client)
+    body = await (await client.get("/user/usage", headers=headers)).json()
+    assert body["limits"]["daily_char_quota"] is None
+    assert body["limits"]["storage_quota_bytes"] is None
+    assert body["estimated_cost_30d_usd"] == 0
+
+
+def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None:
+    """A schema-1 database gains tokens, revocation and limit columns; its users and usage are kept."""
+    import sqlite3
+
+    from speccyd.store import MIGRATIONS, SCHEMA_VERSION, LimitOverrides
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO users VALUES ('u1', 'h', x'00', 1.0, 2.0)")
+    db.execute(
+        "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES ('u1', 3.0, 'generated', 'tts-1', 7)"
+    )
+    db.close()
+    store = Store(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION >= 2
+        (info,) = store.user_infos()
+        assert info.sessions_valid_after == 0 and info.overrides == LimitOverrides()
+        (line,) = store.usage_lines(0)
+        assert (line.characters, line.tokens) == (7, None)
+    finally:
+        store.close()
