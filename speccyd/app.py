@@ -13,8 +13,9 @@ from speccyd.blobs import Blobs
 from speccyd.cleanup import cleanup_loop
 from speccyd.crypto import ServerSecrets
 from speccyd.datadir import init_data_dir
+from speccyd.discovery import Announcer
 from speccyd.errors import error_middleware
-from speccyd.keys import AUTH_FAILURE_LIMIT, BLOBS, GENERATE_LIMIT, JOBS, SECRETS, SETTINGS, STORE, UPSTREAM
+from speccyd.keys import ANNOUNCER, AUTH_FAILURE_LIMIT, BLOBS, GENERATE_LIMIT, JOBS, SECRETS, SETTINGS, STORE, UPSTREAM
 from speccyd.ratelimit import RateLimiter
 from speccyd.routes import setup_routes
 from speccyd.settings import Settings
@@ -69,11 +70,34 @@ async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def mdns_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the mDNS sockets; the server announces once its port is bound (`Announcer.start`)."""
+    settings = app[SETTINGS]
+    if not settings.mdns:
+        yield
+        return
+    from speccyd.tls import fingerprint
+
+    store = app[STORE]
+    server_id = await store.run(store.server_id)
+    tls_fingerprint = fingerprint(settings.tls_cert) if settings.tls_cert is not None else None
+    try:
+        announcer = Announcer(settings, server_id, tls_fingerprint)
+    except OSError as e:
+        # A NAS without multicast still serves; the apps can be pointed at its address by hand.
+        log.error("mDNS is unavailable (%s); the apps will not find this server by themselves", e)
+        yield
+        return
+    app[ANNOUNCER] = announcer
+    yield
+    await announcer.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
     app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
-    app.cleanup_ctx.extend([storage_ctx, upstream_ctx, jobs_ctx, cleanup_ctx])
+    app.cleanup_ctx.extend([storage_ctx, upstream_ctx, jobs_ctx, cleanup_ctx, mdns_ctx])
     setup_routes(app)
     return app

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
+from speccyd.discovery import Announcer
 from speccyd.ratelimit import RateLimiter
 from speccyd.settings import Settings
 from speccyd.store import Store
@@ -20,3 +21,4 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 JOBS = web.AppKey("jobs", JobManager)
 GENERATE_LIMIT = web.AppKey("generate_limit", RateLimiter)
 AUTH_FAILURE_LIMIT = web.AppKey("auth_failure_limit", RateLimiter)
+ANNOUNCER = web.AppKey("announcer", Announcer)  # only while serving with mdns on
