@@ -117,9 +117,11 @@ class Announcer:
         )
         self._info = info
         # Probing takes about 1.5 s; a name in use is answered by renaming to "name-2", as Bonjour does.
-        await (await self._zc.async_register_service(info, allow_name_change=True))
+        announcements = await self._zc.async_register_service(info, allow_name_change=True)
+        # Registered: answering queries from now on, while the unsolicited announcements go out.
         self.registered.set()
         log.info("announcing %r on mDNS (port %d, addresses %s)", self.instance_name, port, ", ".join(addresses))
+        await announcements
         while True:
             await asyncio.sleep(self._check_interval)
             now = current_addresses(self._settings.host, self._settings.mdns_interfaces)
