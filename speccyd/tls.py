@@ -55,10 +55,11 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for key, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
+        if not path.is_file():
+            raise TLSError(f"{key}: {path} does not exist (run `speccyd init --tls`, or fix config.toml)")
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except FileNotFoundError as e:
-        raise TLSError(f"cannot read {e.filename}: no such file") from None
     except (ssl.SSLError, OSError) as e:
         raise TLSError(f"cannot load tls_cert {settings.tls_cert} / tls_key {settings.tls_key}: {e}") from None
     return context

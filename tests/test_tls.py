@@ -1,0 +1,113 @@
+"""HTTPS: `init --tls`, serving HTTPS only, and an app pinning the fingerprint it read from the TXT record."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import socket
+import ssl
+import subprocess
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from speccyd.settings import SettingsError, load_settings
+from speccyd.tls import host_names_and_addresses
+from tests.mdns import Browser
+from tests.process import SPECCYD, ServerProcess, clean_env
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SPECCYD), *args], env=env or clean_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def init_tls(data_dir: Path, *extra: str) -> str:
+    """Run `speccyd init --tls` and return the fingerprint it printed."""
+    result = run("init", "--data-dir", str(data_dir), "--tls", *extra)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"SHA-256 fingerprint: ([0-9a-f]{64})", result.stdout)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def test_init_tls_creates_pinnable_certificate(tmp_path: Path) -> None:
+    """`init --tls` writes a cert for the host's names and addresses, a 0600 key, enables both, prints the pin."""
+    data_dir = tmp_path / "data"
+    printed = init_tls(data_dir)
+    cert = x509.load_pem_x509_certificate((data_dir / "tls.crt").read_bytes())
+    assert printed == hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    assert (data_dir / "tls.key").stat().st_mode & 0o777 == 0o600
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names, addresses = host_names_and_addresses()
+    short = socket.gethostname().split(".")[0]
+    assert {short, f"{short}.local"} <= set(sans.get_values_for_type(x509.DNSName))
+    assert {ipaddress.ip_address(a) for a in addresses} == set(sans.get_values_for_type(x509.IPAddress))
+    settings = load_settings(data_dir, env={})
+    assert settings.tls_cert == data_dir / "tls.crt"
+    assert settings.tls_key == data_dir / "tls.key"
+
+
+def test_init_tls_again_keeps_the_pinned_certificate(tmp_path: Path) -> None:
+    """Running `init --tls` again keeps the certificate (apps stay pinned); `--new-cert` replaces it."""
+    data_dir = tmp_path / "data"
+    first = init_tls(data_dir)
+    assert init_tls(data_dir) == first
+    assert init_tls(data_dir, "--new-cert") != first
+
+
+def test_cert_without_key_is_refused(tmp_path: Path) -> None:
+    """Setting tls_cert without tls_key is a settings error naming both keys."""
+    with pytest.raises(SettingsError, match="tls_cert and tls_key"):
+        load_settings(tmp_path, {"tls_cert": "/etc/x.pem"}, env={})
+
+
+def test_serve_with_missing_certificate_fails_clearly(tmp_path: Path) -> None:
+    """A configured certificate that does not exist stops `serve` with a message naming the file, no traceback."""
+    result = run(
+        "serve", "--data-dir", str(tmp_path / "data"), "--port", "0",
+        env=clean_env(host="127.0.0.1", mdns="off", tls_cert="missing.crt", tls_key="missing.key"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "missing.crt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_app_pins_fingerprint_from_txt(tmp_path: Path, upstream_url: str) -> None:
+    """A client that pins the TXT `fp` gets through; a different pin is refused; plain HTTP gets no answer."""
+    data_dir = tmp_path / "data"
+    printed = init_tls(data_dir)
+    name = f"tls-test-{uuid.uuid4().hex[:8]}"
+    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1", name=name)
+    server = ServerProcess([str(SPECCYD), "serve", "--data-dir", str(data_dir)], env, tmp_path / "log")
+    try:
+        async with Browser() as browser:
+            await server.start()
+            info = await browser.wait_for(name)
+        txt = info.decoded_properties
+        assert txt["tls"] == "1"
+        assert txt["fp"] == printed
+        assert server.url.startswith("https://")
+        url = f"https://127.0.0.1:{info.port}/healthz"
+        async with aiohttp.ClientSession() as session:
+            # What an app does on first use: trust exactly the certificate whose hash Bonjour announced.
+            pinned = aiohttp.Fingerprint(bytes.fromhex(str(txt["fp"])))
+            async with session.get(url, ssl=pinned) as response:
+                assert response.status == 200
+                assert (await response.json())["status"] == "ok"
+            with pytest.raises(aiohttp.ServerFingerprintMismatch):
+                await session.get(url, ssl=aiohttp.Fingerprint(bytes(32)))
+            # Without the pin, ordinary verification fails: the certificate is self-signed.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.get(url, ssl=ssl.create_default_context())
+            with pytest.raises(aiohttp.ClientError):
+                await session.get(f"http://127.0.0.1:{info.port}/healthz")
+        assert await server.stop() == 0
+    finally:
+        server.kill()
