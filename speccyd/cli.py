@@ -331,8 +331,9 @@ def service_install(
 
     plan = _service_plan(system, data_dir, platform)
     if dry_run:
-        typer.echo(f"# would write {plan.path}")
+        # The file alone on stdout (`... --dry-run > speccyd.service` works); everything else on stderr.
         typer.echo(plan.text, nl=False)
+        typer.echo(f"# would write {plan.path}", err=True)
     else:
         try:
             install(plan)
@@ -340,10 +341,10 @@ def service_install(
             fail(f"cannot write {plan.path}: {e.strerror or e} (a system service needs root)")
         typer.echo(f"wrote {plan.path}")
     for note in plan.notes:
-        typer.echo(f"# {note}")
-    typer.echo("# to start it now and at every boot:")
+        typer.echo(f"# {note}", err=dry_run)
+    typer.echo("# to start it now and at every boot:", err=dry_run)
     for command in plan.enable:
-        typer.echo(command)
+        typer.echo(command, err=dry_run)
 
 
 @service_app.command("uninstall")
@@ -354,7 +355,7 @@ def service_uninstall(
 ) -> None:
     """Remove the service file written by `service install` (the data dir is kept)."""
     plan = _service_plan(system, None, platform)
-    typer.echo("# stop it first:")
+    typer.echo("# if it is running, stop it and keep it from starting at boot:")
     for command in plan.disable:
         typer.echo(command)
     if not plan.path.exists():

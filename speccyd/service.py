@@ -55,6 +55,7 @@ ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
+PrivateMounts=yes
 PrivateUsers=yes
 ProtectProc=invisible
 ProcSubset=pid

@@ -87,9 +87,7 @@ async def test_name_conflict_renames_the_second_server(make_client: Callable[...
 async def test_sigterm_sends_goodbye(tmp_path: Path, upstream_url: str) -> None:
     """After SIGTERM a browser loses the server at once (goodbye, TTL 0), not when its records expire minutes later."""
     name = unique_name()
-    env = clean_env(
-        openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1", name=name
-    )
+    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1", name=name)
     server = ServerProcess([str(SPECCYD), "serve", "--data-dir", str(tmp_path / "data")], env, tmp_path / "log")
     try:
         async with Browser() as browser:
@@ -109,9 +107,7 @@ async def test_mdns_off_announces_nothing(make_client: Callable[..., Awaitable[A
     assert ANNOUNCER not in client.app
 
 
-async def test_discover_lists_servers_as_json(
-    make_client: Callable[..., Awaitable[AppClient]], tmp_path: Path
-) -> None:
+async def test_discover_lists_servers_as_json(make_client: Callable[..., Awaitable[AppClient]], tmp_path: Path) -> None:
     """`speccyd discover --json` (on the mdns_interfaces of its config) lists name, addresses, port, version."""
     name = unique_name()
     client = await make_client(mdns="on", mdns_interfaces="127.0.0.1", name=name)

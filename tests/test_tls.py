@@ -45,7 +45,7 @@ def test_init_tls_creates_pinnable_certificate(tmp_path: Path) -> None:
     assert printed == hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
     assert (data_dir / "tls.key").stat().st_mode & 0o777 == 0o600
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names, addresses = host_names_and_addresses()
+    _, addresses = host_names_and_addresses()
     short = socket.gethostname().split(".")[0]
     assert {short, f"{short}.local"} <= set(sans.get_values_for_type(x509.DNSName))
     assert {ipaddress.ip_address(a) for a in addresses} == set(sans.get_values_for_type(x509.IPAddress))

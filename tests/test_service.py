@@ -1,0 +1,120 @@
+"""Boot-time services: the shipped systemd unit and launchd plist, and `speccyd service install/uninstall`."""
+
+from __future__ import annotations
+
+import plistlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, systemd_unit
+from tests.process import SPECCYD, clean_env
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_UNIT = ROOT / "systemd" / "speccyd.service"
+SHIPPED_PLIST = ROOT / "launchd" / "com.speccy.speccyd.plist"
+
+
+def speccyd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SPECCYD), *args], env=env or clean_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_shipped_files_are_what_install_renders() -> None:
+    """systemd/speccyd.service and launchd/com.speccy.speccyd.plist match the installer's output."""
+    assert SHIPPED_UNIT.read_text() == systemd_unit(["/usr/local/bin/speccyd"], Path("/var/lib/speccyd"), system=True)
+    expected = launchd_plist(["/usr/local/bin/speccyd"], Path("/usr/local/var/speccyd"), LAUNCHD_LOG_DIR, "_speccyd")
+    assert SHIPPED_PLIST.read_text() == expected
+
+
+def test_shipped_unit_is_hardened() -> None:
+    """The unit runs unprivileged with the sandboxing the issue asks for and a bounded stop time."""
+    lines = set(SHIPPED_UNIT.read_text().splitlines())
+    for wanted in (
+        "DynamicUser=yes", "StateDirectory=speccyd", "Restart=on-failure", "TimeoutStopSec=30s",
+        "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK", "SystemCallFilter=@system-service",
+        "UMask=0077", "ExecStart=/usr/local/bin/speccyd serve --data-dir /var/lib/speccyd",
+    ):  # fmt: skip
+        assert wanted in lines
+
+
+def test_shipped_plist_is_a_valid_launch_daemon() -> None:
+    """The plist parses, runs as its own user at boot, stays alive, in the background, logging to /Library/Logs."""
+    with SHIPPED_PLIST.open("rb") as f:
+        plist = plistlib.load(f)
+    assert plist["Label"] == "com.speccy.speccyd"
+    assert plist["ProgramArguments"] == ["/usr/local/bin/speccyd", "serve", "--data-dir", "/usr/local/var/speccyd"]
+    assert plist["UserName"] == "_speccyd"
+    assert plist["KeepAlive"] is True
+    assert plist["RunAtLoad"] is True
+    assert plist["ProcessType"] == "Background"
+    assert plist["StandardErrorPath"].startswith("/Library/Logs/speccyd/")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The unit `service install --system` writes for this speccyd passes `systemd-analyze verify`."""
+    result = speccyd("service", "install", "--system", "--dry-run", "--platform", "systemd")
+    assert result.returncode == 0, result.stderr
+    unit = result.stdout
+    assert f"ExecStart={SPECCYD} serve --data-dir /var/lib/speccyd" in unit
+    path = tmp_path / "speccyd.service"
+    path.write_text(unit)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr.strip() == ""
+
+
+def test_dry_run_prints_user_unit_and_enable_commands(tmp_path: Path) -> None:
+    """`--user --dry-run` prints a user unit for this executable and data dir (and how to enable it), writes nothing."""
+    env = clean_env(data_dir=tmp_path / "data")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    result = speccyd("service", "install", "--user", "--dry-run", "--platform", "systemd", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"# would write {tmp_path}/config/systemd/user/speccyd.service" in result.stderr
+    assert f"ExecStart={SPECCYD} serve --data-dir {tmp_path}/data" in result.stdout
+    assert "WantedBy=default.target" in result.stdout
+    assert "systemctl --user enable --now speccyd.service" in result.stderr
+    assert "loginctl enable-linger" in result.stderr
+    assert not (tmp_path / "config").exists()
+
+
+def test_user_install_then_uninstall(tmp_path: Path) -> None:
+    """`service install --user` writes the unit where systemd --user looks; `uninstall` removes it."""
+    env = clean_env(data_dir=tmp_path / "data")
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    unit = tmp_path / "config" / "systemd" / "user" / "speccyd.service"
+    result = speccyd("service", "install", "--user", "--platform", "systemd", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {unit}" in result.stdout
+    assert unit.stat().st_mode & 0o777 == 0o644
+    assert f"--data-dir {tmp_path}/data" in unit.read_text()
+    result = speccyd("service", "uninstall", "--user", "--platform", "systemd", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "systemctl --user disable --now speccyd.service" in result.stdout
+    assert not unit.exists()
+
+
+def test_launchd_dry_run_is_a_plist_for_this_executable(tmp_path: Path) -> None:
+    """On macOS (`--platform launchd`) the daemon plist parses and starts this speccyd with the data dir."""
+    result = speccyd(
+        "service", "install", "--system", "--dry-run", "--platform", "launchd", "--data-dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    plist = plistlib.loads(result.stdout.encode())
+    assert plist["ProgramArguments"] == [str(SPECCYD), "serve", "--data-dir", str(tmp_path)]
+    assert plist["UserName"]
+    assert "launchctl bootstrap system /Library/LaunchDaemons/com.speccy.speccyd.plist" in result.stderr
+
+
+def test_system_unit_refuses_data_dir_outside_var_lib(tmp_path: Path) -> None:
+    """A system unit keeps its state under /var/lib (StateDirectory); another --data-dir is a clear error."""
+    result = speccyd("service", "install", "--system", "--dry-run", "--platform", "systemd", "--data-dir", "/srv/x")
+    assert result.returncode == 2
+    assert "/var/lib" in result.stderr
