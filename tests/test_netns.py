@@ -1,0 +1,109 @@
+"""Bonjour across a real link: a server in one network namespace, `speccyd discover` in another.
+
+The namespaces and the veth pair joining them are created here and deleted afterwards; the 10.233.0.0/24
+addresses exist only inside them. Skips (saying why) where namespaces cannot be created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.process import SPECCYD, ServerProcess, clean_env
+
+pytestmark = pytest.mark.netns
+
+SERVER_ADDRESS = "10.233.0.1"
+CLIENT_ADDRESS = "10.233.0.2"
+
+
+def ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+
+
+def _cannot_create_namespaces() -> str | None:
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    probe = f"speccy-probe-{os.getpid()}"
+    result = ip("netns", "add", probe)
+    if result.returncode != 0:
+        return f"`ip netns add` failed: {result.stderr.strip()}"
+    ip("netns", "del", probe)
+    return None
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str]]:
+    reason = _cannot_create_namespaces()
+    if reason is not None:
+        pytest.skip(reason)
+    tag = uuid.uuid4().hex[:6]
+    server_ns, client_ns = f"speccy-srv-{tag}", f"speccy-cli-{tag}"
+    veth_server, veth_client = f"vs{tag}", f"vc{tag}"
+    try:
+        steps = [
+            ("netns", "add", server_ns),
+            ("netns", "add", client_ns),
+            ("link", "add", veth_server, "type", "veth", "peer", "name", veth_client),
+            ("link", "set", veth_server, "netns", server_ns),
+            ("link", "set", veth_client, "netns", client_ns),
+            ("-n", server_ns, "addr", "add", f"{SERVER_ADDRESS}/24", "dev", veth_server),
+            ("-n", client_ns, "addr", "add", f"{CLIENT_ADDRESS}/24", "dev", veth_client),
+            ("-n", server_ns, "link", "set", "lo", "up"),
+            ("-n", client_ns, "link", "set", "lo", "up"),
+            ("-n", server_ns, "link", "set", veth_server, "up"),
+            ("-n", client_ns, "link", "set", veth_client, "up"),
+        ]
+        for step in steps:
+            result = ip(*step)
+            if result.returncode != 0:
+                pytest.skip(f"cannot set up the namespaces (`ip {' '.join(step)}`: {result.stderr.strip()})")
+        yield server_ns, client_ns
+    finally:
+        # Deleting a namespace deletes the veth end inside it, and with it the peer.
+        ip("netns", "del", server_ns)
+        ip("netns", "del", client_ns)
+
+
+async def test_discover_finds_server_in_another_namespace(namespaces: tuple[str, str], tmp_path: Path) -> None:
+    """`speccyd discover` in one namespace finds a server announcing on all interfaces of another."""
+    server_ns, client_ns = namespaces
+    name = f"netns-{uuid.uuid4().hex[:8]}"
+    # The default mdns_interfaces ("all"): inside the namespace that is its veth end and nothing else.
+    env = clean_env(host="0.0.0.0", port=0, name=name, openai_base_url="http://127.0.0.1:9/v1")
+    argv = ["ip", "netns", "exec", server_ns, str(SPECCYD), "serve", "--data-dir", str(tmp_path / "server")]
+    server = ServerProcess(argv, env, tmp_path / "server.log")
+    try:
+        await server.start()
+
+        def discover() -> list[dict[str, object]]:
+            result = subprocess.run(
+                ["ip", "netns", "exec", client_ns, str(SPECCYD), "discover", "--json", "--timeout", "2",
+                 "--data-dir", str(tmp_path / "client")],
+                env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            found: list[dict[str, object]] = json.loads(result.stdout)
+            return [s for s in found if s["name"] == name]
+
+        # The server registers about 1.5 s after it listens; a few browse windows cover that without luck.
+        for _ in range(5):
+            found = discover()
+            if found:
+                break
+        assert found, server.log
+        assert found[0]["addresses"] == [SERVER_ADDRESS]
+        assert found[0]["port"] == server.port
+        assert found[0]["tls"] is False
+        assert await server.stop() == 0
+    finally:
+        server.kill()
