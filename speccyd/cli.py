@@ -23,6 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rendering it with rich imports ~90 ms of modules, a third of the 300 ms start budget.
+    rich_markup_mode=None,
 )
 
 DataDir = Annotated[
@@ -294,7 +296,9 @@ def discover(
     Console().print(table)
 
 
-service_app = typer.Typer(help="Start speccyd at boot with systemd (Linux) or launchd (macOS).", no_args_is_help=True)
+service_app = typer.Typer(
+    help="Start speccyd at boot with systemd (Linux) or launchd (macOS).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(service_app, name="service")
 
 Scope = Annotated[
