@@ -141,10 +141,15 @@ def serve(
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
     settings = settings_for(data_dir, host=host, port=port)
+    from speccyd.tls import TLSError, server_context
+
+    try:
+        server_context(settings)  # a bad certificate is reported at once, before the server's heavy imports
+    except TLSError as e:
+        fail(str(e))
     from speccyd.crypto import SecretsError
     from speccyd.server import serve as run_server
     from speccyd.store import StoreError
-    from speccyd.tls import TLSError
 
     try:
         run_server(settings)

@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from speccyd import __version__
+from speccyd.cli import app
 from speccyd.discovery import Announcer, txt_record
 from speccyd.keys import ANNOUNCER, STORE
 from tests.conftest import AppClient
@@ -129,9 +131,6 @@ async def test_discover_lists_servers_as_json(make_client: Callable[..., Awaitab
 @pytest.mark.parametrize("value", ["eth0", "300.1.1.1"])
 def test_bad_mdns_interfaces_is_a_clear_error(value: str, tmp_path: Path) -> None:
     """`mdns_interfaces` that is not "all" or IP addresses is refused with the key's name."""
-    result = subprocess.run(
-        [str(SPECCYD), "discover", "--data-dir", str(tmp_path)],
-        env=clean_env(mdns_interfaces=value), capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert result.returncode == 2
+    result = CliRunner().invoke(app, ["discover", "--data-dir", str(tmp_path)], env={"SPECCY_MDNS_INTERFACES": value})
+    assert result.exit_code == 2
     assert "mdns_interfaces" in result.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import eventually
 from tests.process import SPECCYD, ServerProcess, clean_env
 
 pytestmark = pytest.mark.netns
@@ -95,8 +96,12 @@ async def test_discover_finds_server_in_another_namespace(namespaces: tuple[str,
             found: list[dict[str, object]] = json.loads(result.stdout)
             return [s for s in found if s["name"] == name]
 
-        # The server registers about 1.5 s after it listens; a few browse windows cover that without luck.
-        for _ in range(5):
+        async def announced() -> bool:
+            return "announcing" in server.log
+
+        # Registered (about 1.5 s after it listens): from now on it answers the browser's first query.
+        await eventually(announced, what="the mDNS registration")
+        for _ in range(3):  # a lost multicast packet costs one more browse window, not the test
             found = discover()
             if found:
                 break

@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
-from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, systemd_unit
+from speccyd.cli import app
+from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, running_command, systemd_unit
 from tests.process import SPECCYD, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,12 @@ def speccyd(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(
         [str(SPECCYD), *args], env=env or clean_env(), capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def invoke(*args: str, **env: str) -> tuple[int, str, str]:
+    """`speccyd ARGS` in this process: exit code, stdout, stderr."""
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
 
 
 def test_shipped_files_are_what_install_renders() -> None:
@@ -73,48 +81,51 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_dry_run_prints_user_unit_and_enable_commands(tmp_path: Path) -> None:
     """`--user --dry-run` prints a user unit for this executable and data dir (and how to enable it), writes nothing."""
-    env = clean_env(data_dir=tmp_path / "data")
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    result = speccyd("service", "install", "--user", "--dry-run", "--platform", "systemd", env=env)
-    assert result.returncode == 0, result.stderr
-    assert f"# would write {tmp_path}/config/systemd/user/speccyd.service" in result.stderr
-    assert f"ExecStart={SPECCYD} serve --data-dir {tmp_path}/data" in result.stdout
-    assert "WantedBy=default.target" in result.stdout
-    assert "systemctl --user enable --now speccyd.service" in result.stderr
-    assert "loginctl enable-linger" in result.stderr
+    code, out, err = invoke(
+        "service", "install", "--user", "--dry-run", "--platform", "systemd",
+        SPECCY_DATA_DIR=str(tmp_path / "data"), XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"# would write {tmp_path}/config/systemd/user/speccyd.service" in err
+    assert f"ExecStart={' '.join(running_command())} serve --data-dir {tmp_path}/data" in out
+    assert "WantedBy=default.target" in out
+    assert "systemctl --user enable --now speccyd.service" in err
+    assert "loginctl enable-linger" in err
     assert not (tmp_path / "config").exists()
 
 
 def test_user_install_then_uninstall(tmp_path: Path) -> None:
     """`service install --user` writes the unit where systemd --user looks; `uninstall` removes it."""
-    env = clean_env(data_dir=tmp_path / "data")
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env = {"SPECCY_DATA_DIR": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     unit = tmp_path / "config" / "systemd" / "user" / "speccyd.service"
-    result = speccyd("service", "install", "--user", "--platform", "systemd", env=env)
-    assert result.returncode == 0, result.stderr
-    assert f"wrote {unit}" in result.stdout
+    code, out, err = invoke("service", "install", "--user", "--platform", "systemd", **env)
+    assert code == 0, err
+    assert f"wrote {unit}" in out
     assert unit.stat().st_mode & 0o777 == 0o644
     assert f"--data-dir {tmp_path}/data" in unit.read_text()
-    result = speccyd("service", "uninstall", "--user", "--platform", "systemd", env=env)
-    assert result.returncode == 0, result.stderr
-    assert "systemctl --user disable --now speccyd.service" in result.stdout
+    code, out, err = invoke("service", "uninstall", "--user", "--platform", "systemd", **env)
+    assert code == 0, err
+    assert "systemctl --user disable --now speccyd.service" in out
     assert not unit.exists()
 
 
 def test_launchd_dry_run_is_a_plist_for_this_executable(tmp_path: Path) -> None:
     """On macOS (`--platform launchd`) the daemon plist parses and starts this speccyd with the data dir."""
-    result = speccyd(
+    code, out, err = invoke(
         "service", "install", "--system", "--dry-run", "--platform", "launchd", "--data-dir", str(tmp_path)
     )
-    assert result.returncode == 0, result.stderr
-    plist = plistlib.loads(result.stdout.encode())
-    assert plist["ProgramArguments"] == [str(SPECCYD), "serve", "--data-dir", str(tmp_path)]
+    assert code == 0, err
+    plist = plistlib.loads(out.encode())
+    assert plist["ProgramArguments"] == [*running_command(), "serve", "--data-dir", str(tmp_path)]
     assert plist["UserName"]
-    assert "launchctl bootstrap system /Library/LaunchDaemons/com.speccy.speccyd.plist" in result.stderr
+    assert plist["StandardErrorPath"] == "/Library/Logs/speccyd/speccyd.log"
+    assert "launchctl bootstrap system /Library/LaunchDaemons/com.speccy.speccyd.plist" in err
 
 
-def test_system_unit_refuses_data_dir_outside_var_lib(tmp_path: Path) -> None:
+def test_system_unit_refuses_data_dir_outside_var_lib() -> None:
     """A system unit keeps its state under /var/lib (StateDirectory); another --data-dir is a clear error."""
-    result = speccyd("service", "install", "--system", "--dry-run", "--platform", "systemd", "--data-dir", "/srv/x")
-    assert result.returncode == 2
-    assert "/var/lib" in result.stderr
+    code, _, err = invoke(
+        "service", "install", "--system", "--dry-run", "--platform", "systemd", "--data-dir", "/srv/x"
+    )
+    assert code == 2
+    assert "/var/lib" in err

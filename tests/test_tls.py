@@ -7,7 +7,6 @@ import ipaddress
 import re
 import socket
 import ssl
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,25 +14,21 @@ import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from typer.testing import CliRunner
 
+from speccyd.cli import app
 from speccyd.settings import SettingsError, load_settings
 from speccyd.tls import host_names_and_addresses
 from tests.mdns import Browser
 from tests.process import SPECCYD, ServerProcess, clean_env
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SPECCYD), *args], env=env or clean_env(), capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def init_tls(data_dir: Path, *extra: str) -> str:
     """Run `speccyd init --tls` and return the fingerprint it printed."""
-    result = run("init", "--data-dir", str(data_dir), "--tls", *extra)
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"SHA-256 fingerprint: ([0-9a-f]{64})", result.stdout)
-    assert match, result.stdout
+    result = CliRunner().invoke(app, ["init", "--data-dir", str(data_dir), "--tls", *extra])
+    assert result.exit_code == 0, result.output
+    match = re.search(r"SHA-256 fingerprint: ([0-9a-f]{64})", result.output)
+    assert match, result.output
     return match.group(1)
 
 
@@ -70,13 +65,14 @@ def test_cert_without_key_is_refused(tmp_path: Path) -> None:
 
 def test_serve_with_missing_certificate_fails_clearly(tmp_path: Path) -> None:
     """A configured certificate that does not exist stops `serve` with a message naming the file, no traceback."""
-    result = run(
-        "serve", "--data-dir", str(tmp_path / "data"), "--port", "0",
-        env=clean_env(host="127.0.0.1", mdns="off", tls_cert="missing.crt", tls_key="missing.key"),
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert "missing.crt" in result.stderr
-    assert "Traceback" not in result.stderr
+    result = CliRunner().invoke(
+        app,
+        ["serve", "--data-dir", str(tmp_path / "data"), "--port", "0"],
+        env={"SPECCY_HOST": "127.0.0.1", "SPECCY_MDNS": "off", "SPECCY_TLS_CERT": "missing.crt", "SPECCY_TLS_KEY": "k"},
+    )
+    assert result.exit_code == 1
+    assert f"tls_cert: {tmp_path / 'data' / 'missing.crt'} does not exist" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 async def test_app_pins_fingerprint_from_txt(tmp_path: Path, upstream_url: str) -> None:
