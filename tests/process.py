@@ -25,10 +25,11 @@ def clean_env(**settings: object) -> dict[str, str]:
 class ServerProcess:
     """`speccyd serve` as a child process; `url` is known once it logs the port it bound."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
         self.argv = argv
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -36,18 +37,20 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def start(self, timeout: float = 30.0) -> ServerProcess:
+    async def start(self, timeout: float = 30.0, ready: re.Pattern[str] = _LISTENING) -> ServerProcess:
+        """Start, and wait until the log matches `ready` (by default: the line naming the bound port)."""
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
 
-        async def listening() -> re.Match[str] | None:
+        async def started() -> re.Match[str] | None:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"speccyd exited with {self.proc.returncode}:\n{self.log}")
-            return _LISTENING.search(self.log)
+                raise AssertionError(f"{self.argv[0]} exited with {self.proc.returncode}:\n{self.log}")
+            return ready.search(self.log)
 
-        match = await eventually(listening, timeout=timeout, what="speccyd to listen")
-        self.url = f"{match.group(1)}://{match.group(2)}:{match.group(3)}"
+        match = await eventually(started, timeout=timeout, what=f"{ready.pattern!r} in the log")
+        if ready is _LISTENING:
+            self.url = f"{match.group(1)}://{match.group(2)}:{match.group(3)}"
         return self
 
     @property

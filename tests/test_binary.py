@@ -7,6 +7,7 @@ of everything that goes into it, and a session whose sources are unchanged reuse
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ def speccyd_binary() -> Path:
     binary = target / "speccyd"
     if binary.is_file():
         return binary
+    for old in (CACHE / "binary").glob("*"):  # binaries of earlier sources: 28 MB each
+        shutil.rmtree(old)
     started = time.monotonic()
     log = CACHE / "pyinstaller.log"
     log.parent.mkdir(parents=True, exist_ok=True)

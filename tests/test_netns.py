@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,8 @@ pytestmark = pytest.mark.netns
 
 SERVER_ADDRESS = "10.233.0.1"
 CLIENT_ADDRESS = "10.233.0.2"
+EXTRA_ADDRESS = "10.233.0.3"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -75,6 +80,30 @@ def namespaces() -> Iterator[tuple[str, str]]:
         ip("netns", "del", client_ns)
 
 
+def discover_in(namespace: str, name: str, data_dir: Path) -> list[dict[str, object]]:
+    """`speccyd discover --json` run inside `namespace`: the entries named `name`."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, str(SPECCYD), "discover", "--json", "--timeout", "2",
+         "--data-dir", str(data_dir)],
+        env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found: list[dict[str, object]] = json.loads(result.stdout)
+    return [s for s in found if s["name"] == name]
+
+
+def discover_until(
+    namespace: str, name: str, data_dir: Path, wanted: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Browse until `name` is found in the state `wanted`; a lost multicast packet costs one more window."""
+    seen: list[dict[str, object]] = []
+    for _ in range(3):
+        seen = discover_in(namespace, name, data_dir)
+        if seen and wanted(seen[0]):
+            return seen[0]
+    raise AssertionError(f"{name} not found as wanted; last seen: {seen}")
+
+
 async def test_discover_finds_server_in_another_namespace(namespaces: tuple[str, str], tmp_path: Path) -> None:
     """`speccyd discover` in one namespace finds a server announcing on all interfaces of another."""
     server_ns, client_ns = namespaces
@@ -86,29 +115,40 @@ async def test_discover_finds_server_in_another_namespace(namespaces: tuple[str,
     try:
         await server.start()
 
-        def discover() -> list[dict[str, object]]:
-            result = subprocess.run(
-                ["ip", "netns", "exec", client_ns, str(SPECCYD), "discover", "--json", "--timeout", "2",
-                 "--data-dir", str(tmp_path / "client")],
-                env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            assert result.returncode == 0, result.stderr
-            found: list[dict[str, object]] = json.loads(result.stdout)
-            return [s for s in found if s["name"] == name]
-
         async def announced() -> bool:
             return "announcing" in server.log
 
         # Registered (about 1.5 s after it listens): from now on it answers the browser's first query.
         await eventually(announced, what="the mDNS registration")
-        for _ in range(3):  # a lost multicast packet costs one more browse window, not the test
-            found = discover()
-            if found:
-                break
-        assert found, server.log
-        assert found[0]["addresses"] == [SERVER_ADDRESS]
-        assert found[0]["port"] == server.port
-        assert found[0]["tls"] is False
+        found = discover_until(client_ns, name, tmp_path / "client", lambda s: True)
+        assert found["addresses"] == [SERVER_ADDRESS]
+        assert found["port"] == server.port
+        assert found["tls"] is False
         assert await server.stop() == 0
     finally:
         server.kill()
+
+
+async def test_announcement_follows_a_new_address(namespaces: tuple[str, str], tmp_path: Path) -> None:
+    """When the host gains an address, the announcer re-announces and a browser sees the new address."""
+    server_ns, client_ns = namespaces
+    name = f"netns-{uuid.uuid4().hex[:8]}"
+    argv = ["ip", "netns", "exec", server_ns, sys.executable, "-m", "tests.netns_announcer", name, "8420"]
+    announcer = ServerProcess(argv, clean_env(), tmp_path / "announcer.log", cwd=ROOT)
+    try:
+        await announcer.start(ready=re.compile("announcing"))
+        found = discover_until(client_ns, name, tmp_path, lambda s: s["addresses"] == [SERVER_ADDRESS])
+        veth = ip("-n", server_ns, "-o", "link", "show", "type", "veth").stdout.split(":")[1].strip().split("@")[0]
+        assert ip("-n", server_ns, "addr", "add", f"{EXTRA_ADDRESS}/24", "dev", veth).returncode == 0
+
+        async def updated() -> bool:
+            return "addresses changed" in announcer.log
+
+        await eventually(updated, what="the announcer to notice the new address")
+        found = discover_until(
+            client_ns, name, tmp_path, lambda s: sorted(s["addresses"]) == [SERVER_ADDRESS, EXTRA_ADDRESS]
+        )
+        assert found["port"] == 8420
+        assert await announcer.stop() == 0
+    finally:
+        announcer.kill()
