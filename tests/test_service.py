@@ -5,14 +5,18 @@ from __future__ import annotations
 import plistlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from typer.testing import CliRunner
 
 from speccyd.cli import app
 from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, running_command, systemd_unit
-from tests.process import SPECCYD, clean_env
+from tests.conftest import eventually
+from tests.fake_upstream import FakeUpstream
+from tests.process import SPECCYD, ServerProcess, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_UNIT = ROOT / "systemd" / "speccyd.service"
@@ -129,3 +133,33 @@ def test_system_unit_refuses_data_dir_outside_var_lib() -> None:
     )
     assert code == 2
     assert "/var/lib" in err
+
+
+MDWE_EXEC = Path(__file__).with_name("mdwe_exec.py")
+
+
+async def test_serves_and_generates_without_writable_executable_memory(
+    tmp_path: Path, upstream_url: str, fake: FakeUpstream
+) -> None:
+    """Under the kernel's MemoryDenyWriteExecute (PR_SET_MDWE) the server serves, announces and generates."""
+    probe = subprocess.run([sys.executable, str(MDWE_EXEC), "/bin/true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"the kernel cannot forbid W+X memory here ({probe.stderr.strip()})")
+    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1")
+    argv = [sys.executable, str(MDWE_EXEC), str(SPECCYD), "serve", "--data-dir", str(tmp_path / "data")]
+    server = await ServerProcess(argv, env, tmp_path / "log").start()
+    try:
+        async with aiohttp.ClientSession(base_url=server.url) as http:
+            async with http.post("/auth/verify", json={"openai_token": "sk-test-mdwe"}) as response:
+                headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
+            async with http.post("/tts/generate", json={"text": "No JIT."}, headers=headers) as response:
+                assert response.status == 202
+
+            async def generated() -> bool:
+                return len(fake.speech_calls) == 1 and "announcing" in server.log
+
+            await eventually(generated, what="one upstream call and the mDNS registration")
+        assert await server.stop() == 0
+    finally:
+        server.kill()
+    assert "Traceback" not in server.log
