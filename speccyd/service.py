@@ -139,6 +139,16 @@ def _invoking_user() -> tuple[str, Path]:
     return name, Path(pwd.getpwnam(name).pw_dir)
 
 
+def _home_warning(command: list[str]) -> list[str]:
+    # ProtectHome=yes hides /home and /root from the service, and a dynamic user cannot read them anyway.
+    if any(Path(word).is_relative_to(home) for word in command[:1] for home in ("/home", "/root")):
+        return [
+            f"warning: {command[0]} is inside a home directory, which the service cannot see; install speccyd "
+            "outside (e.g. a venv in /opt/speccyd, or the single binary in /usr/local/bin) and run this again"
+        ]
+    return []
+
+
 def plan_install(platform: str, system: bool, data_dir: Path | None, command: list[str]) -> ServiceFile:
     """The file to write for `platform` ("systemd" or "launchd"), with its enable/disable commands."""
     if platform == "systemd":
@@ -151,7 +161,7 @@ def plan_install(platform: str, system: bool, data_dir: Path | None, command: li
                 systemd_unit(command, directory, system=True),
                 ["systemctl daemon-reload", f"systemctl enable --now {UNIT_NAME}"],
                 [f"systemctl disable --now {UNIT_NAME}"],
-                [f"logs: journalctl -u {UNIT_NAME} -f", f"data: {directory}"],
+                [f"logs: journalctl -u {UNIT_NAME} -f", f"data: {directory}", *_home_warning(command)],
             )
         from speccyd.settings import default_data_dir
 

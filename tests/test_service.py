@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speccyd.cli import app
-from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, running_command, systemd_unit
+from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, plan_install, running_command, systemd_unit
 from tests.conftest import eventually
 from tests.fake_upstream import FakeUpstream
 from tests.process import SPECCYD, ServerProcess, clean_env
@@ -133,6 +133,15 @@ def test_system_unit_refuses_data_dir_outside_var_lib() -> None:
     )
     assert code == 2
     assert "/var/lib" in err
+
+
+def test_system_unit_warns_about_an_executable_in_a_home_directory() -> None:
+    """A system unit for a speccyd inside /home or /root says the sandboxed service cannot run it."""
+    plan = plan_install("systemd", True, None, ["/home/ann/.venv/bin/speccyd"])
+    assert any(
+        note.startswith("warning: /home/ann/.venv/bin/speccyd is inside a home directory") for note in plan.notes
+    )
+    assert not any("warning" in note for note in plan_install("systemd", True, None, ["/usr/bin/speccyd"]).notes)
 
 
 MDWE_EXEC = Path(__file__).with_name("mdwe_exec.py")
