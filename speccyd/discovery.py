@@ -124,16 +124,23 @@ class Announcer:
         await announcements
         while True:
             await asyncio.sleep(self._check_interval)
-            now = current_addresses(self._settings.host, self._settings.mdns_interfaces)
-            if now == addresses:
-                continue
-            log.info("addresses changed to %s; updating the mDNS announcement", ", ".join(now) or "none")
-            addresses = now
-            if not self._settings.mdns_interfaces:
-                # Listen and answer on interfaces that appeared since start-up, and drop vanished ones.
-                await self._zc.async_update_interfaces()
-            info.addresses = [socket.inet_pton(_family(a), a) for a in addresses]
-            await (await self._zc.async_update_service(info))
+            try:
+                addresses = await self._follow_addresses(info, addresses)
+            except Exception:
+                # A failed update (an interface vanishing mid-way) is retried at the next check.
+                log.warning("could not update the mDNS announcement; retrying later", exc_info=True)
+
+    async def _follow_addresses(self, info: AsyncServiceInfo, announced: list[str]) -> list[str]:
+        now = current_addresses(self._settings.host, self._settings.mdns_interfaces)
+        if now == announced:
+            return announced
+        log.info("addresses changed to %s; updating the mDNS announcement", ", ".join(now) or "none")
+        if not self._settings.mdns_interfaces:
+            # Listen and answer on interfaces that appeared since start-up, and drop vanished ones.
+            await self._zc.async_update_interfaces()
+        info.addresses = [socket.inet_pton(_family(a), a) for a in now]
+        await (await self._zc.async_update_service(info))
+        return now
 
     async def stop(self) -> None:
         """Send goodbyes (TTL 0) so browsers drop this server at once instead of after the record TTL."""
