@@ -15,9 +15,21 @@ from speccyd.crypto import ServerSecrets
 from speccyd.datadir import init_data_dir
 from speccyd.discovery import Announcer
 from speccyd.errors import error_middleware
-from speccyd.keys import ANNOUNCER, AUTH_FAILURE_LIMIT, BLOBS, GENERATE_LIMIT, JOBS, SECRETS, SETTINGS, STORE, UPSTREAM
+from speccyd.keys import (
+    ANNOUNCER,
+    AUTH_FAILURE_LIMIT,
+    BLOBS,
+    GENERATE_LIMIT,
+    JOBS,
+    SECRETS,
+    SESSIONS,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
 from speccyd.ratelimit import RateLimiter
 from speccyd.routes import setup_routes
+from speccyd.sessions import Sessions
 from speccyd.settings import Settings
 from speccyd.store import Store
 from speccyd.synth import JobManager
@@ -32,6 +44,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
     app[SECRETS] = ServerSecrets.load(settings.secrets_dir)
+    app[SESSIONS] = Sessions(app[SECRETS])
     store = Store(settings.db_path)
     app[STORE] = store
     blobs = Blobs(settings.audio_dir)
@@ -58,12 +71,17 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         jobs.start(row)
     if interrupted:
         log.info("resumed %d generations interrupted by the last shutdown", len(interrupted))
+    flusher = asyncio.create_task(jobs.flush_hits_forever())
     yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
     await jobs.close()
+    await jobs.flush_hits()
 
 
 async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(cleanup_loop(app[STORE], app[BLOBS], app[SETTINGS].cleanup_interval))
+    task = asyncio.create_task(cleanup_loop(app[JOBS], app[STORE], app[BLOBS], app[SETTINGS].cleanup_interval))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -2,40 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-import jwt
 from aiohttp import web
 
-from speccyd.crypto import ServerSecrets
 from speccyd.errors import ApiError
-from speccyd.keys import SECRETS
-
-_ALGORITHM = "HS256"  # pinned on verify: a token naming any other algorithm (or "none") is refused
-
-
-def issue_session(secrets: ServerSecrets, user_id: str, ttl: float) -> tuple[str, int]:
-    now = int(time.time())
-    expires = now + int(ttl)
-    token = jwt.encode({"sub": user_id, "iat": now, "exp": expires}, secrets.jwt_key, algorithm=_ALGORITHM)
-    return token, expires
-
-
-def verify_session(secrets: ServerSecrets, token: str) -> str:
-    """The user id of a valid session token; anything else is a 401."""
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token, secrets.jwt_key, algorithms=[_ALGORITHM], options={"require": ["sub", "iat", "exp"]}
-        )
-    except jwt.ExpiredSignatureError:
-        raise ApiError(401, "session_expired", "session token has expired; sign in again") from None
-    except jwt.PyJWTError:
-        raise ApiError(401, "invalid_session", "session token is not valid") from None
-    subject = claims["sub"]
-    if not isinstance(subject, str) or not subject:
-        raise ApiError(401, "invalid_session", "session token is not valid")
-    return subject
+from speccyd.keys import SECRETS, SESSIONS
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -52,7 +22,7 @@ def require_user(request: web.Request) -> str:
     token = bearer_token(request)
     if token is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <session token>")
-    return verify_session(request.app[SECRETS], token)
+    return request.app[SESSIONS].verify(token)
 
 
 def signed_file_url(request: web.Request, file_id: str, user_id: str, expires_at: float) -> str:

@@ -77,6 +77,9 @@ class Blobs:
     def writer(self, file_id: str, fmt: str) -> BlobWriter:
         return BlobWriter(self, file_id, fmt)
 
+    def exists(self, file_id: str, fmt: str) -> bool:
+        return self.path(file_id, fmt).is_file()
+
     def remove(self, file_id: str, fmt: str) -> None:
         self.path(file_id, fmt).unlink(missing_ok=True)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from speccyd.blobs import Blobs
 from speccyd.store import FileRow, PurgeFilter, Store
+from speccyd.synth import JobManager
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,23 @@ def purge(
             return removed
 
 
-def expire(store: Store, blobs: Blobs) -> int:
+def expire(store: Store, blobs: Blobs) -> list[FileRow]:
     """One cleanup pass: remove expired audio and record when it ran."""
     now = time.time()
     removed = purge(store, blobs, PurgeFilter(expired=True), now)
     store.set_meta(LAST_CLEANUP, repr(now))
-    return len(removed)
+    return removed
 
 
-async def cleanup_loop(store: Store, blobs: Blobs, interval: float) -> None:
+async def cleanup_loop(jobs: JobManager, store: Store, blobs: Blobs, interval: float) -> None:
     while True:
         try:
-            count = await store.run(expire, store, blobs)
-            log.info("cleanup removed %d expired files", count)
+            # Expiry bumps of recent cache hits first, so audio just handed out is never deleted.
+            await jobs.flush_hits()
+            removed = await store.run(expire, store, blobs)
+            for row in removed:
+                jobs.ready.drop(row.id)
+            log.info("cleanup removed %d expired files", len(removed))
         except Exception:
             log.exception("cleanup failed; trying again in %.0fs", interval)
         await asyncio.sleep(interval)

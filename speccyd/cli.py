@@ -7,6 +7,7 @@ Heavy modules (aiohttp, openai, the server) are imported inside the commands tha
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,7 @@ def serve(
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
     settings = settings_for(data_dir, host=host, port=port)
+    os.umask(0o077)  # everything the server writes (audio, database, logs it may create) is private
     from speccyd.tls import TLSError, server_context
 
     try:

@@ -8,6 +8,7 @@ from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
 from speccyd.discovery import Announcer
 from speccyd.ratelimit import RateLimiter
+from speccyd.sessions import Sessions
 from speccyd.settings import Settings
 from speccyd.store import Store
 from speccyd.synth import JobManager
@@ -15,6 +16,7 @@ from speccyd.upstream import Upstream
 
 SETTINGS = web.AppKey("settings", Settings)
 SECRETS = web.AppKey("secrets", ServerSecrets)
+SESSIONS = web.AppKey("sessions", Sessions)
 STORE = web.AppKey("store", Store)
 BLOBS = web.AppKey("blobs", Blobs)
 UPSTREAM = web.AppKey("upstream", Upstream)

@@ -11,7 +11,7 @@ import asyncio
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +128,18 @@ class Claim:
     row: FileRow
     created: bool
     replaced: FileRow | None  # an old failed or expired row whose audio file must now be removed
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A cache hit answered from memory, written later by `record_hits`."""
+
+    file_id: str
+    user_id: str
+    model: str
+    characters: int
+    at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,21 @@ class Store:
                 tuple(row.__dict__.values()),
             )
             return Claim(row, created=True, replaced=old)
+
+    def record_hits(self, hits: Iterable[Hit]) -> None:
+        """Write cache hits answered from memory: expiry bumps, last-seen times and usage records."""
+        with self._write() as db:
+            for hit in hits:
+                db.execute(
+                    "UPDATE audio_files SET expires_at = max(expires_at, ?), updated_at = ? "
+                    "WHERE id = ? AND status = 'ready'",
+                    (hit.expires_at, hit.at, hit.file_id),
+                )
+                db.execute("UPDATE users SET last_seen = max(last_seen, ?) WHERE id = ?", (hit.at, hit.user_id))
+                db.execute(
+                    "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
+                    (hit.user_id, hit.at, hit.model, hit.characters),
+                )
 
     def mark_ready(self, file_id: str, size: int, sha256: str, now: float, retention: float) -> bool:
         """False when the row is gone (deleted or purged meanwhile): the caller then removes the audio."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
 
 from speccyd.blobs import Blobs, BlobWriter
 from speccyd.crypto import ServerSecrets
+from speccyd.readycache import ReadyCache
 from speccyd.settings import Settings
 from speccyd.store import FileRow, Store
 from speccyd.tts import SpeechRequest
@@ -29,23 +31,61 @@ class JobManager:
         self._blobs = blobs
         self._upstream = upstream
         self._secrets = secrets
+        self.ready = ReadyCache()
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
 
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now."""
+        now = time.time()
+        cached = self.ready.find(user_id, speech.content_hash)
+        if cached is not None and not cached.is_expired(now):
+            if self._blobs.exists(cached.id, cached.format):
+                return self.ready.hit(cached, now, self._settings.retention)
+            self.ready.drop(cached.id)  # purged by another process; the database knows what is left
         store = self._store
-        claim = await store.run(store.claim, user_id, speech.new_file(), time.time(), self._settings.retention)
+        claim = await store.run(store.claim, user_id, speech.new_file(), now, self._settings.retention)
         if claim.replaced is not None:
+            self.ready.drop(claim.replaced.id)
             self._blobs.remove(claim.replaced.id, claim.replaced.format)
         if claim.created:
             self.start(claim.row)
+        self.ready.put(claim.row)
         return claim.row
+
+    async def get(self, file_id: str) -> FileRow | None:
+        """A file by id, from memory when it is ready and known, else from the database."""
+        row = self.ready.get(file_id)
+        if row is None:
+            row = await self._store.run(self._store.get_file, file_id)
+            if row is not None:
+                self.ready.put(row)
+        return row
+
+    async def delete(self, user_id: str, file_id: str) -> bool:
+        """Delete a user's file: its row, any job in flight, then its audio."""
+        row = await self._store.run(self._store.delete_file, user_id, file_id)
+        if row is None:
+            return False
+        self.ready.drop(file_id)
+        await self.cancel(file_id)
+        self._blobs.remove(row.id, row.format)
+        return True
+
+    async def flush_hits(self) -> None:
+        hits = self.ready.drain()
+        if hits:
+            await self._store.run(self._store.record_hits, hits)
+
+    async def flush_hits_forever(self, interval: float = 1.0) -> None:
+        # Expiry has one-second resolution anyway; a crash loses at most this much hit bookkeeping.
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_hits()
+            except Exception:
+                log.exception("recording cache hits failed; will retry")
 
     def start(self, row: FileRow) -> None:
         if row.id in self._tasks:
@@ -145,8 +185,13 @@ class JobManager:
             writer.discard()
             raise
         store = self._store
-        stored = await store.run(
-            store.mark_ready, row.id, writer.size, writer.sha256, time.time(), self._settings.retention
-        )
+        now = time.time()
+        stored = await store.run(store.mark_ready, row.id, writer.size, writer.sha256, now, self._settings.retention)
         if not stored:  # deleted or purged while generating: keep no audio without a row
             self._blobs.remove(row.id, row.format)
+            return
+        ready = dataclasses.replace(
+            row, status="ready", size_bytes=writer.size, sha256=writer.sha256, updated_at=now,
+            expires_at=now + self._settings.retention,
+        )  # fmt: skip
+        self.ready.put(ready)

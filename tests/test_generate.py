@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from speccyd.settings import Settings
+from speccyd.store import Store
+from speccyd.timeutil import iso
 from speccyd.tts import content_hash
-from tests.conftest import AppClient, generate, sign_in, wait_status
+from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 
 
@@ -208,3 +211,24 @@ async def test_upstream_concurrency_is_bounded(make_client: object, fake: FakeUp
     for body in bodies:
         await wait_status(client, headers, body["content_hash"])
     assert len(fake.speech_calls) == 6
+
+
+async def test_cache_hits_are_recorded_in_the_database(client: AppClient, settings: Settings) -> None:
+    """Hits answered from memory reach the database within seconds: the new expiry and a usage record."""
+    headers = await sign_in(client)
+    _, body = await generate(client, headers)
+    await wait_status(client, headers, body["content_hash"])
+    await asyncio.sleep(1.1)  # so the bumped expiry differs at one-second resolution
+    status, hit = await generate(client, headers)
+    assert status == 200
+    store = Store(settings.db_path)
+    try:
+
+        async def recorded() -> bool:
+            row = store.get_file(body["file_id"])
+            hits = store._db.execute("SELECT count(*) FROM usage_log WHERE kind = 'cache_hit'").fetchone()[0]
+            return row is not None and iso(row.expires_at) == hit["expires_at"] and hits == 1
+
+        await eventually(recorded, what="the cache hit to be written")
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -65,11 +66,21 @@ def test_cert_without_key_is_refused(tmp_path: Path) -> None:
 
 def test_serve_with_missing_certificate_fails_clearly(tmp_path: Path) -> None:
     """A configured certificate that does not exist stops `serve` with a message naming the file, no traceback."""
-    result = CliRunner().invoke(
-        app,
-        ["serve", "--data-dir", str(tmp_path / "data"), "--port", "0"],
-        env={"SPECCY_HOST": "127.0.0.1", "SPECCY_MDNS": "off", "SPECCY_TLS_CERT": "missing.crt", "SPECCY_TLS_KEY": "k"},
-    )
+    umask = os.umask(0o022)  # `serve` sets its process's umask; keep this test process's own
+    os.umask(umask)
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["serve", "--data-dir", str(tmp_path / "data"), "--port", "0"],
+            env={
+                "SPECCY_HOST": "127.0.0.1",
+                "SPECCY_MDNS": "off",
+                "SPECCY_TLS_CERT": "missing.crt",
+                "SPECCY_TLS_KEY": "k",
+            },
+        )
+    finally:
+        os.umask(umask)
     assert result.exit_code == 1
     assert f"tls_cert: {tmp_path / 'data' / 'missing.crt'} does not exist" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -5,9 +5,8 @@ import time
 
 from aiohttp import web
 
-from speccyd.auth import issue_session
 from speccyd.errors import ApiError
-from speccyd.keys import AUTH_FAILURE_LIMIT, SECRETS, SETTINGS, STORE, UPSTREAM
+from speccyd.keys import AUTH_FAILURE_LIMIT, SECRETS, SESSIONS, SETTINGS, STORE, UPSTREAM
 from speccyd.routes.common import json_body
 from speccyd.timeutil import iso
 from speccyd.upstream import KeyRejected, UpstreamError
@@ -55,5 +54,5 @@ async def verify(request: web.Request) -> web.Response:
         lambda uid: secrets.encrypt_key(key, uid),
         time.time(),
     )
-    token, expires = issue_session(secrets, user_id, request.app[SETTINGS].session_ttl)
+    token, expires = request.app[SESSIONS].issue(user_id, request.app[SETTINGS].session_ttl)
     return web.json_response({"user_id": user_id, "session_token": token, "expires_at": iso(expires)})

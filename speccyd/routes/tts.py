@@ -6,7 +6,7 @@ from aiohttp import web
 
 from speccyd.auth import require_user
 from speccyd.errors import ApiError
-from speccyd.keys import BLOBS, GENERATE_LIMIT, JOBS, SETTINGS, STORE
+from speccyd.keys import GENERATE_LIMIT, JOBS, SETTINGS, STORE
 from speccyd.routes.common import CONTENT_HASH, FILE_ID, file_json, json_body
 from speccyd.tts import parse_speech_request
 
@@ -41,10 +41,6 @@ async def status(request: web.Request) -> web.Response:
 @routes.delete(f"/tts/{FILE_ID}")
 async def delete(request: web.Request) -> web.Response:
     user_id = require_user(request)
-    store = request.app[STORE]
-    row = await store.run(store.delete_file, user_id, request.match_info["file_id"])
-    if row is None:
+    if not await request.app[JOBS].delete(user_id, request.match_info["file_id"]):
         raise ApiError(404, "not_found", "no such file")
-    await request.app[JOBS].cancel(row.id)
-    request.app[BLOBS].remove(row.id, row.format)
     return web.json_response({"deleted": True})

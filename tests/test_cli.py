@@ -1,0 +1,161 @@
+"""The `speccyd` command run as a real process: init, errors, usage and purge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from speccyd import __version__
+from speccyd.settings import load_settings
+from speccyd.store import NewFile, Store
+from tests.conftest import sign_in
+from tests.server_process import run_cli
+
+
+def test_version() -> None:
+    """--version prints the version."""
+    result = run_cli("--version", data_dir=None)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"speccyd {__version__}"
+
+
+def test_init_then_again(tmp_path: Path) -> None:
+    """init creates the data dir; a second init says nothing changed."""
+    data = tmp_path / "data"
+    first = run_cli("init", data_dir=data)
+    assert first.returncode == 0, first.stderr
+    assert f"created {data}" in first.stdout
+    assert (data / "speccyd.db").exists()
+    second = run_cli("init", data_dir=data)
+    assert second.returncode == 0
+    assert "nothing changed" in second.stdout
+
+
+def test_bad_setting_is_one_line_exit_2(tmp_path: Path) -> None:
+    """A bad config value stops every command with exit code 2 and one line naming key and source."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.toml").write_text('retention = "a while"\n')
+    for command in ("serve", "init", "usage", "purge"):
+        result = run_cli(command, data_dir=data)
+        assert result.returncode == 2, command
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("error: retention: cannot parse duration")
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_commands_on_missing_data_dir_fail_cleanly(tmp_path: Path) -> None:
+    """usage and purge on a data dir that was never initialised say so in one line."""
+    for command in ("usage", "purge"):
+        result = run_cli(command, data_dir=tmp_path / "none")
+        assert result.returncode == 1
+        assert "run `speccyd init` first" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def _seed(data: Path, files: int, *, expired: int = 0) -> tuple[Store, str]:
+    """A data dir with one user and `files` ready audio files, `expired` of them past their expiry."""
+    assert run_cli("init", data_dir=data).returncode == 0
+    settings = load_settings(data, env={})
+    store = Store(settings.db_path)
+    user = store.upsert_user("hash", lambda uid: b"enc", time.time())
+    from speccyd.blobs import Blobs
+
+    blobs = Blobs(settings.audio_dir)
+    for i in range(files):
+        new = NewFile(f"{i:064x}", "tts-1", "alloy", "mp3", 1.0, None, f"text {i}")
+        now = time.time() - (10_000 if i < expired else 0)
+        row = store.claim(user, new, now, 100.0).row
+        writer = blobs.writer(row.id, "mp3")
+        writer.write(b"x" * 1000)
+        writer.commit()
+        store.mark_ready(row.id, writer.size, writer.sha256, now, 100.0)
+    return store, user
+
+
+def test_usage_json_and_table(tmp_path: Path) -> None:
+    """usage --json lists each user's files and today's figures; the table shows the short id."""
+    data = tmp_path / "data"
+    store, user = _seed(data, 3)
+    store.close()
+    result = run_cli("usage", "--json", data_dir=data)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["users"][0]["user_id"] == user
+    assert report["users"][0]["files"] == 3
+    assert report["users"][0]["generated_today"] == 3
+    assert report["totals"]["files"] == 3
+    table = run_cli("usage", data_dir=data)
+    assert user[:8] in table.stdout
+    assert "1 users" in table.stdout
+
+
+def test_purge_expired_is_the_default(tmp_path: Path) -> None:
+    """purge without a criterion removes only expired audio, files and rows alike."""
+    data = tmp_path / "data"
+    store, _ = _seed(data, 4, expired=1)
+    result = run_cli("purge", "--yes", data_dir=data)
+    assert result.returncode == 0, result.stderr
+    assert "removed 1 files" in result.stdout
+    assert len(store.ready_ids()) == 3
+    assert len(list((data / "audio").glob("*/*.mp3"))) == 3
+    store.close()
+
+
+def test_purge_dry_run_and_confirmation(tmp_path: Path) -> None:
+    """--dry-run lists without removing; answering no to the prompt removes nothing."""
+    data = tmp_path / "data"
+    store, _ = _seed(data, 2)
+    dry = run_cli("purge", "--all", "--dry-run", data_dir=data)
+    assert "would remove 2 files" in dry.stdout
+    declined = run_cli("purge", "--all", data_dir=data, input="n\n")
+    assert declined.returncode != 0
+    assert len(store.ready_ids()) == 2
+    accepted = run_cli("purge", "--all", data_dir=data, input="y\n")
+    assert accepted.returncode == 0
+    assert store.ready_ids() == set()
+    store.close()
+
+
+def test_purge_by_user_and_age(tmp_path: Path) -> None:
+    """--user takes a unique id prefix; --older-than takes a duration; a bad one is exit 2."""
+    data = tmp_path / "data"
+    store, user = _seed(data, 3, expired=2)
+    old = run_cli("purge", "--older-than", "1h", "--yes", data_dir=data)
+    assert "removed 2 files" in old.stdout
+    bad = run_cli("purge", "--older-than", "soon", data_dir=data)
+    assert bad.returncode == 2
+    unknown = run_cli("purge", "--user", "ffff", "--yes", data_dir=data)
+    assert unknown.returncode == 2
+    mine = run_cli("purge", "--user", user[:8], "--yes", data_dir=data)
+    assert "removed 1 files" in mine.stdout
+    assert list((data / "audio").glob("*/*.mp3")) == []
+    store.close()
+
+
+async def test_init_force_rotates_secrets_but_keeps_users(data_dir: Path, make_client: Any) -> None:
+    """init --force ends every session, yet the same key still maps to the same user and files."""
+    client = await make_client()
+    old = await sign_in(client)
+    user_before = (await (await client.post("/auth/verify", json={"openai_token": "sk-test-alice"})).json())["user_id"]
+    await client.close()
+    result = await asyncio.to_thread(run_cli, "init", "--force", "--yes", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "re-encrypted 1 stored keys" in result.stdout
+    client = await make_client()
+    assert (await client.get("/user/usage", headers=old)).status == 401
+    again = await (await client.post("/auth/verify", json={"openai_token": "sk-test-alice"})).json()
+    assert again["user_id"] == user_before
+
+
+def test_init_force_asks_first(tmp_path: Path) -> None:
+    """Without --yes, init --force asks, and a 'no' leaves the secrets alone."""
+    data = tmp_path / "data"
+    run_cli("init", data_dir=data)
+    before = (data / "secrets" / "session.key").read_bytes()
+    result = run_cli("init", "--force", data_dir=data, input="n\n")
+    assert result.returncode != 0
+    assert (data / "secrets" / "session.key").read_bytes() == before

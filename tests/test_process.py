@@ -1,0 +1,170 @@
+"""The real `speccyd serve` process: first run, signals, crash recovery, and the CLI beside a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import eventually
+from tests.fake_upstream import FakeUpstream
+from tests.server_process import ServerProcess, run_cli, start_server
+
+pytestmark = pytest.mark.process
+
+
+class Api:
+    """A minimal client of a running speccyd."""
+
+    def __init__(self, session: aiohttp.ClientSession, server: ServerProcess) -> None:
+        self.session = session
+        self.url = server.url
+        self.headers: dict[str, str] = {}
+
+    async def sign_in(self, key: str = "sk-test-alice") -> None:
+        async with self.session.post(f"{self.url}/auth/verify", json={"openai_token": key}) as r:
+            assert r.status == 200
+            self.headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
+
+    async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.session.request(method, f"{self.url}{path}", headers=self.headers, **kw) as r:
+            body = await r.json() if r.content_type == "application/json" else await r.read()
+            return r.status, body
+
+    async def wait_status(self, content_hash: str, wanted: str = "ready") -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            status, body = await self.call("GET", f"/tts/{content_hash}/status")
+            return body if status == 200 and body["status"] == wanted else None
+
+        result: dict[str, Any] = await eventually(check, timeout=20, what=f"status {wanted}")
+        return result
+
+
+async def test_first_run_serves_and_sigterm_exits_0(tmp_path: Path, upstream_url: str) -> None:
+    """`serve` on a new data dir creates it, answers /healthz, and exits 0 on SIGTERM."""
+    data = tmp_path / "data"
+    server = await start_server(data, upstream_url, tmp_path / "log")
+    assert (data / "speccyd.db").exists()
+    assert (data / "secrets" / "session.key").exists()
+    async with aiohttp.ClientSession() as session, session.get(f"{server.url}/healthz") as response:
+        assert response.status == 200
+    assert await server.stop(signal.SIGTERM) == 0
+    assert "stopped" in server.log
+
+
+async def test_sigint_exits_0(tmp_path: Path, upstream_url: str) -> None:
+    """Ctrl-C (SIGINT) is a clean shutdown too."""
+    server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log")
+    assert await server.stop(signal.SIGINT) == 0
+
+
+async def test_sigterm_with_generation_in_flight(tmp_path: Path, upstream_url: str, fake: FakeUpstream) -> None:
+    """SIGTERM while a generation waits on the upstream exits 0; the next start finishes the job."""
+    data = tmp_path / "data"
+    server = await start_server(data, upstream_url, tmp_path / "log")
+    fake.gate.clear()
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, server)
+        await api.sign_in()
+        _, body = await api.call("POST", "/tts/generate", json={"text": "in flight"})
+        await eventually(_calls(fake, 1), what="the upstream call")
+        assert await server.stop(signal.SIGTERM) == 0
+        fake.gate.set()
+        server = await start_server(data, upstream_url, tmp_path / "log")
+        api.url = server.url
+        ready = await api.wait_status(body["content_hash"])
+        assert ready["file_id"] == body["file_id"]
+    assert await server.stop() == 0
+
+
+async def test_sigkill_mid_generation_then_restart(tmp_path: Path, upstream_url: str, fake: FakeUpstream) -> None:
+    """After SIGKILL mid-generation, a restart leaves nothing stuck: the job resumes and completes."""
+    data = tmp_path / "data"
+    fake.chunk_delay = 0.05  # the kill lands while audio is being written to the temp file
+    fake.audio_size = 20_000
+    server = await start_server(data, upstream_url, tmp_path / "log")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, server)
+        await api.sign_in()
+        _, body = await api.call("POST", "/tts/generate", json={"text": "killed"})
+        await eventually(_temp_file_exists(data), what="a partial temp file")
+        assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
+        fake.chunk_delay = 0
+        server = await start_server(data, upstream_url, tmp_path / "log")
+        api.url = server.url
+        ready = await api.wait_status(body["content_hash"])
+        status, audio = await api.call("GET", f"/files/{ready['file_id']}")
+        assert (status, len(audio)) == (200, 20_000)
+        assert list((data / "audio" / "tmp").iterdir()) == []
+    assert await server.stop() == 0
+
+
+async def test_usage_and_purge_while_serving(tmp_path: Path, upstream_url: str) -> None:
+    """usage and purge work beside a running server; purged audio is never served afterwards."""
+    data = tmp_path / "data"
+    server = await start_server(data, upstream_url, tmp_path / "log")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, server)
+        await api.sign_in()
+        ready = []
+        for i in range(3):
+            _, body = await api.call("POST", "/tts/generate", json={"text": f"doc {i}"})
+            ready.append(await api.wait_status(body["content_hash"]))
+        usage = await asyncio.to_thread(run_cli, "usage", "--json", data_dir=data)
+        assert usage.returncode == 0, usage.stderr
+        assert '"files": 3' in usage.stdout
+        purge = await asyncio.to_thread(run_cli, "purge", "--all", "--yes", data_dir=data)
+        assert purge.returncode == 0, purge.stderr
+        assert "removed 3 files" in purge.stdout
+        for row in ready:
+            status, body = await api.call("GET", f"/files/{row['file_id']}")
+            assert status == 404
+            assert body["error"]["code"] == "not_found"
+        assert list((data / "audio").glob("*/*.mp3")) == []
+        status, usage_now = await api.call("GET", "/user/usage")
+        assert usage_now["files_count"] == 0
+        # The server remembered these files as ready; it must notice they are gone and generate anew.
+        status, again = await api.call("POST", "/tts/generate", json={"text": "doc 0"})
+        assert status == 202
+        assert again["file_id"] != ready[0]["file_id"]
+        await api.wait_status(again["content_hash"])
+    assert await server.stop() == 0
+
+
+async def test_log_has_no_secrets(tmp_path: Path, upstream_url: str) -> None:
+    """The server's log carries no API key, session token or URL signature."""
+    server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_LOG_LEVEL="debug")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, server)
+        await api.sign_in("sk-test-needle-key")
+        await api.call("POST", "/auth/verify", json={"openai_token": "sk-wrong-needle"})
+        _, body = await api.call("POST", "/tts/generate", json={"text": "log check"})
+        ready = await api.wait_status(body["content_hash"])
+        async with session.get(f"{server.url}{ready['url']}") as response:
+            assert response.status == 200
+    assert await server.stop() == 0
+    log = server.log
+    token = api.headers["Authorization"].split()[1]
+    signature = ready["url"].split("sig=")[1]
+    for secret in ("sk-test-needle-key", "sk-wrong-needle", token, signature):
+        assert secret not in log
+    assert f"GET /files/{ready['file_id']} 200" in log
+
+
+def _calls(fake: FakeUpstream, n: int) -> Any:
+    async def check() -> bool:
+        return len(fake.speech_calls) >= n
+
+    return check
+
+
+def _temp_file_exists(data: Path) -> Any:
+    async def check() -> bool:
+        tmp = data / "audio" / "tmp"
+        return tmp.exists() and any(p.stat().st_size > 0 for p in tmp.iterdir())
+
+    return check
