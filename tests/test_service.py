@@ -83,6 +83,22 @@ def test_installed_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert verify.stderr.strip() == ""
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_unit_exposure_score_stays_low(tmp_path: Path) -> None:
+    """`systemd-analyze security --offline` rates the unit's exposure at most 2.0 (1.1 with systemd 252)."""
+    code, out, err = invoke("service", "install", "--system", "--dry-run", "--platform=systemd")
+    assert code == 0, err
+    path = tmp_path / "speccyd.service"
+    path.write_text(out)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=20", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if "--offline" in result.stderr:
+        pytest.skip(f"this systemd-analyze cannot rate a unit offline: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
 def test_dry_run_prints_user_unit_and_enable_commands(tmp_path: Path) -> None:
     """`--user --dry-run` prints a user unit for this executable and data dir (and how to enable it), writes nothing."""
     code, out, err = invoke(
