@@ -109,23 +109,34 @@ async def test_mdns_off_announces_nothing(make_client: Callable[..., Awaitable[A
     assert ANNOUNCER not in client.app
 
 
-async def test_discover_lists_servers_as_json(make_client: Callable[..., Awaitable[AppClient]], tmp_path: Path) -> None:
-    """`speccyd discover --json` (on the mdns_interfaces of its config) lists name, addresses, port, version."""
-    name = unique_name()
-    client = await make_client(mdns="on", mdns_interfaces="127.0.0.1", name=name)
-    await announced(client)
+async def discover(*args: str, data_dir: Path) -> str:
+    """`speccyd discover ARGS` on loopback (mdns_interfaces from the environment); its stdout."""
     env = clean_env(mdns_interfaces="127.0.0.1")
+    env["COLUMNS"] = "200"  # a table row per server, unwrapped
     proc = await asyncio.create_subprocess_exec(
-        str(SPECCYD), "discover", "--timeout", "2", "--json", "--data-dir", str(tmp_path / "empty"),
+        str(SPECCYD), "discover", "--timeout", "2", *args, "--data-dir", str(data_dir),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
-    servers = {s["name"]: s for s in json.loads(out)}
+    return out.decode()
+
+
+async def test_discover_lists_servers(make_client: Callable[..., Awaitable[AppClient]], tmp_path: Path) -> None:
+    """`speccyd discover` (on its config's mdns_interfaces) lists name, addresses, port, version, as JSON or table."""
+    name = unique_name()
+    client = await make_client(mdns="on", mdns_interfaces="127.0.0.1", name=name)
+    await announced(client)
+    as_json, table = await asyncio.gather(
+        discover("--json", data_dir=tmp_path / "empty"), discover(data_dir=tmp_path / "empty")
+    )
+    servers = {s["name"]: s for s in json.loads(as_json)}
     assert servers[name] == {
         "name": name, "addresses": ["127.0.0.1"], "port": client.port, "version": __version__, "tls": False,
         "fingerprint": None, "id": client.app[STORE].server_id(), "api": "1",
     }  # fmt: skip
+    row = next(line for line in table.splitlines() if name in line)
+    assert all(cell in row for cell in ("127.0.0.1", str(client.port), __version__, "no"))
 
 
 @pytest.mark.parametrize("value", ["eth0", "300.1.1.1"])
