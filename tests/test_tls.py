@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import ipaddress
 import os
@@ -14,12 +15,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from speccyd.cli import app
 from speccyd.settings import SettingsError, load_settings
-from speccyd.tls import host_names_and_addresses
+from speccyd.tls import fingerprint, host_names_and_addresses
 from tests.mdns import Browser
 from tests.process import SPECCYD, ServerProcess, clean_env
 
@@ -115,6 +119,58 @@ async def test_app_pins_fingerprint_from_txt(tmp_path: Path, upstream_url: str) 
                 await session.get(url, ssl=ssl.create_default_context())
             with pytest.raises(aiohttp.ClientError):
                 await session.get(f"http://127.0.0.1:{info.port}/healthz")
+        assert await server.stop() == 0
+    finally:
+        server.kill()
+
+
+def _issue(
+    subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: str | None, ca: bool
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or subject)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    else:
+        usage = dict.fromkeys(
+            ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+             "encipher_only", "decipher_only"), False,
+        )  # fmt: skip
+        builder = builder.add_extension(x509.KeyUsage(key_cert_sign=True, crl_sign=True, **usage), critical=True)
+    return key, builder.sign(issuer_key or key, hashes.SHA256())
+
+
+async def test_ca_signed_certificate_chain(tmp_path: Path, upstream_url: str) -> None:
+    """A "real" certificate (leaf + intermediate in one file) verifies by CA and name; `fp` is the leaf's."""
+    root_key, root = _issue("Test Root CA", None, None, ca=True)
+    mid_key, mid = _issue("Test Intermediate", root_key, "Test Root CA", ca=True)
+    leaf_key, leaf = _issue("localhost", mid_key, "Test Intermediate", ca=False)
+    (tmp_path / "chain.pem").write_bytes(leaf.public_bytes(Encoding.PEM) + mid.public_bytes(Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    assert fingerprint(tmp_path / "chain.pem") == hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
+    env = clean_env(
+        openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns="off",
+        tls_cert=tmp_path / "chain.pem", tls_key=tmp_path / "leaf.key",
+    )  # fmt: skip
+    server = ServerProcess([str(SPECCYD), "serve", "--data-dir", str(tmp_path / "data")], env, tmp_path / "log")
+    try:
+        await server.start()
+        verify = ssl.create_default_context(cadata=root.public_bytes(Encoding.PEM).decode())
+        # Ordinary verification by CA and host name, as the apps do for a server with a public certificate.
+        url = f"https://localhost:{server.port}/healthz"
+        async with aiohttp.ClientSession() as session, session.get(url, ssl=verify) as response:
+            assert response.status == 200
         assert await server.stop() == 0
     finally:
         server.kill()
