@@ -16,9 +16,11 @@ from speccyd.blobs import Blobs
 from speccyd.cleanup import cleanup_loop
 from speccyd.crypto import ServerSecrets
 from speccyd.datadir import init_data_dir
+from speccyd.discovery import Announcer
 from speccyd.errors import error_middleware
 from speccyd.keycache import KeyCache
 from speccyd.keys import (
+    ANNOUNCER,
     AUTH_FAILURE_LIMIT,
     BLOBS,
     GENERATE_LIMIT,
@@ -168,6 +170,29 @@ def apply_reload(app: web.Application, settings: Settings) -> None:
     app[AUTH_FAILURE_LIMIT].reconfigure(settings.auth_rate_limit)
 
 
+async def mdns_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the mDNS sockets; the server announces once its port is bound (`Announcer.start`)."""
+    settings = app[SETTINGS]
+    if not settings.mdns:
+        yield
+        return
+    from speccyd.tls import fingerprint
+
+    store = app[STORE]
+    server_id = await store.run(store.server_id)
+    tls_fingerprint = fingerprint(settings.tls_cert) if settings.tls_cert is not None else None
+    try:
+        announcer = Announcer(settings, server_id, tls_fingerprint)
+    except OSError as e:
+        # A NAS without multicast still serves; the apps can be pointed at its address by hand.
+        log.error("mDNS is unavailable (%s); the apps will not find this server by themselves", e)
+        yield
+        return
+    app[ANNOUNCER] = announcer
+    yield
+    await announcer.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics_middleware(metrics), error_middleware])
@@ -178,7 +203,9 @@ def create_app(settings: Settings) -> web.Application:
     app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
     app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
     app[KEY_CACHE] = KeyCache(settings.key_cache_ttl)
-    app.cleanup_ctx.extend([storage_ctx, revocations_ctx, upstream_ctx, jobs_ctx, cleanup_ctx, metrics_listener_ctx])
+    app.cleanup_ctx.extend(
+        [storage_ctx, revocations_ctx, upstream_ctx, jobs_ctx, cleanup_ctx, metrics_listener_ctx, mdns_ctx]
+    )
     app.on_shutdown.append(end_live_streams)
     setup_routes(app)
     if settings.metrics:  # off by default: metrics tell who uses the server and how much

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from speccyd.blobs import Blobs
 from speccyd.crypto import ServerSecrets
+from speccyd.discovery import Announcer
 from speccyd.keycache import KeyCache
 from speccyd.metrics import Metrics
 from speccyd.quotas import Quotas
@@ -31,3 +32,4 @@ REVOCATIONS = web.AppKey("revocations", Revocations)
 QUOTAS = web.AppKey("quotas", Quotas)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED_AT = web.AppKey("started_at", float)
+ANNOUNCER = web.AppKey("announcer", Announcer)  # only while serving with mdns on

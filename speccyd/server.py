@@ -15,7 +15,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from speccyd import __version__
 from speccyd.app import apply_reload, create_app
+from speccyd.keys import ANNOUNCER
 from speccyd.settings import Settings, SettingsError, load_settings
+from speccyd.tls import server_context
 
 log = logging.getLogger("speccyd")
 
@@ -89,6 +91,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    ssl_context = server_context(settings)  # before anything starts: a bad certificate is a clear error
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -99,23 +102,31 @@ async def _serve(settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # With a certificate the port speaks HTTPS only: a plain-HTTP fallback would let a downgrade through.
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
         await site.start()
+        scheme = "https" if ssl_context is not None else "http"
         for address in runner.addresses:
             host, port = address[0], address[1]
             log.info(
-                "speccyd %s listening on http://%s:%d (data dir %s)",
+                "speccyd %s listening on %s://%s:%d (data dir %s)",
                 __version__,
+                scheme,
                 host,
                 port,
                 settings.data_dir,
             )
+        announcer = app.get(ANNOUNCER)
+        if announcer is not None:
+            announcer.start(runner.addresses[0][1])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload, app, settings)
         await stop.wait()
+        if announcer is not None:
+            await announcer.stop()  # goodbyes first, so the apps stop choosing this server right away
         log.info("shutting down: finishing in-flight requests (at most %.0fs)", settings.shutdown_timeout)
     finally:
         await runner.cleanup()

@@ -117,6 +117,29 @@ def _interfaces(value: object) -> tuple[str, ...]:
     return tuple(addresses)
 
 
+def _name(value: object) -> str:
+    """A DNS-SD instance name: up to 63 bytes of UTF-8 (RFC 6763, section 4.1.1)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a name")
+    name = value.strip() or _host_name()
+    if len(name.encode()) > 63:
+        raise ValueError(f"must be at most 63 bytes of UTF-8, got {len(name.encode())}")
+    return name
+
+
+def _host_name() -> str:
+    import socket
+
+    # "mini.local" or "nas.example.lan" → "mini": the instance name people recognise.
+    return socket.gethostname().split(".")[0] or "speccyd"
+
+
+def _optional_path(value: object) -> Path | None:
+    if not isinstance(value, str):
+        raise ValueError("expected a file path")
+    return Path(value).expanduser() if value.strip() else None
+
+
 def _log_level(value: object) -> str:
     levels = ("debug", "info", "warning", "error")
     if not isinstance(value, str) or value.strip().lower() not in levels:
@@ -252,6 +275,9 @@ SPECS: dict[str, Spec] = {
     "min_free_disk": Spec(parse_size, "1GB", "/healthz fails when the data dir's disk has less free space."),
     "metrics": Spec(_switch, "off", "Serve Prometheus metrics at GET /metrics on the main port (on/off)."),
     "metrics_listen": Spec(_listen, "off", "Serve /metrics on a separate host:port instead, e.g. 127.0.0.1:9420."),
+    "name": Spec(_name, "", "Name the apps show for this server (empty: the host name)."),
+    "tls_cert": Spec(_optional_path, "", "PEM certificate (chain) file; with tls_key, serve HTTPS only."),
+    "tls_key": Spec(_optional_path, "", "PEM private key file for tls_cert."),
 }
 
 
@@ -289,6 +315,13 @@ class Settings:
     min_free_disk: int
     metrics: bool
     metrics_listen: str
+    name: str
+    tls_cert: Path | None
+    tls_key: Path | None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def db_path(self) -> Path:
@@ -367,6 +400,12 @@ def load_settings(
             values[key] = SPECS[key].parse(value)
         except ValueError as e:
             raise SettingsError(f"{key}: {e} (from {source})") from None
+    for key in ("tls_cert", "tls_key"):
+        # Relative paths in config.toml mean "inside the data dir", so a moved data dir keeps working.
+        if values[key] is not None and not values[key].is_absolute():
+            values[key] = data_dir / values[key]
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise SettingsError("tls_cert and tls_key: set both to serve HTTPS, or neither")
     return Settings(data_dir=data_dir, **values)
 
 
@@ -384,3 +423,20 @@ def config_template() -> str:
         lines.append(f"# {key} = {default}")
         lines.append("")
     return "\n".join(lines)
+
+
+def set_config_values(path: Path, values: Mapping[str, str]) -> None:
+    """Set string keys in config.toml, replacing the key's line (commented out or not) and keeping the rest."""
+    import json
+
+    lines = path.read_text().splitlines() if path.exists() else []
+    for key, value in values.items():
+        line = f"{key} = {json.dumps(value)}"  # a JSON string is a valid TOML basic string
+        pattern = re.compile(rf"^\s*#?\s*{re.escape(key)}\s*=")
+        for i, existing in enumerate(lines):
+            if pattern.match(existing):
+                lines[i] = line
+                break
+        else:
+            lines.append(line)
+    path.write_text("\n".join(lines) + "\n")

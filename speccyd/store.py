@@ -395,6 +395,13 @@ class Store:
                 (key, value),
             )
 
+    def server_id(self) -> str:
+        """The UUID created with the database: this server's identity on the network (mDNS `id`)."""
+        value = self.get_meta("server_id")
+        if value is None:
+            raise StoreError(f"database {self.path} has no server_id")
+        return value
+
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
 
