@@ -152,6 +152,9 @@ SPECS: dict[str, Spec] = {
     "mdns": Spec(_switch, "on", "Advertise _speccy._tcp on the LAN (on/off)."),
     "mdns_interfaces": Spec(_interfaces, "all", "'all' or a list of IP addresses to announce on."),
     "log_level": Spec(_log_level, "info", "debug, info, warning or error."),
+    "upstream_deadline": Spec(
+        parse_duration, "5m", "Longest one upstream call may take in all, however steadily bytes trickle in."
+    ),
 }
 
 
@@ -175,6 +178,7 @@ class Settings:
     mdns: bool
     mdns_interfaces: tuple[str, ...]
     log_level: str
+    upstream_deadline: float
 
     @property
     def db_path(self) -> Path:

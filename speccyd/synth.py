@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import time
@@ -18,6 +19,17 @@ from speccyd.upstream import Upstream, UpstreamError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+# A full disk (or quota): retrying the upstream call would pay for audio we cannot keep.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+STORAGE_FULL = "storage_full"
+
+
+class StorageFull(Exception):
+    """The audio could not be written: the disk holding the data dir is full."""
+
+
+def _storage_error(e: OSError) -> StorageFull | None:
+    return StorageFull() if e.errno in _NO_SPACE else None
 
 
 class JobManager:
@@ -80,6 +92,10 @@ class JobManager:
         except UpstreamError as e:
             log.warning("generation %s failed: %s", row.id, e.message)
             await store.run(store.mark_failed, row.id, e.message, time.time())
+        except StorageFull:
+            log.error("generation %s failed: no space left for audio in %s", row.id, self._blobs.root)
+            message = f"{STORAGE_FULL}: the server's disk is full; ask its owner to free space, then retry"
+            await store.run(store.mark_failed, row.id, message, time.time())
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -112,9 +128,15 @@ class JobManager:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, row: FileRow, api_key: str) -> None:
-        writer = self._blobs.writer(row.id, row.format)
         try:
-            async with self._slots:
+            writer = self._blobs.writer(row.id, row.format)
+        except OSError as e:
+            raise _storage_error(e) or e from None
+        deadline = self._settings.upstream_deadline
+        try:
+            # upstream_timeout bounds each wait for bytes; the deadline bounds the whole call, so a
+            # trickle of bytes cannot hold an upstream slot forever.
+            async with self._slots, asyncio.timeout(deadline):
                 chunks = self._upstream.speech(
                     api_key,
                     text=row.text,
@@ -129,6 +151,12 @@ class JobManager:
                         writer.write(chunk)
             if writer.size == 0:
                 raise UpstreamError("upstream returned no audio", retryable=True)
+        except TimeoutError:
+            writer.discard()
+            raise UpstreamError(f"upstream too slow: no complete audio within {deadline:g}s", retryable=True) from None
+        except OSError as e:
+            writer.discard()
+            raise _storage_error(e) or e from None
         except BaseException:
             writer.discard()
             raise
@@ -141,6 +169,9 @@ class JobManager:
     async def _finish(self, row: FileRow, writer: BlobWriter) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(None, writer.commit)
+        except OSError as e:
+            writer.discard()
+            raise _storage_error(e) or e from None
         except BaseException:
             writer.discard()
             raise

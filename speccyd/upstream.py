@@ -74,7 +74,8 @@ def classify(e: BaseException) -> UpstreamError:
             status=status,
             retry_after=_retry_after(e),
         )
-    if isinstance(e, openai.APITimeoutError):
+    # A stalled body raises the HTTP library's own timeout, not the SDK's; both mean the same to a user.
+    if isinstance(e, openai.APITimeoutError | _httpx.TimeoutException):
         return UpstreamError("upstream timed out", retryable=True)
     if isinstance(e, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
         return UpstreamError(f"upstream connection failed: {type(e).__name__}", retryable=True)

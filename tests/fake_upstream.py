@@ -23,8 +23,9 @@ class Fault:
 
     kind: "status" (HTTP `status` with an OpenAI error body, optional Retry-After), "reset" (connection
     dropped before any byte), "reset_mid" (dropped after half the audio), "cut" (Content-Length promises
-    more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "wrong_type"
-    (200 text/html).
+    more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "stall_headers"
+    (nothing at all, not even headers), "slow" (the audio one `chunk` bytes every `delay` seconds),
+    "wrong_type" (200 text/html). A stall lasts until speccyd hangs up, so no handler outlives a test.
     """
 
     kind: str = "status"
@@ -32,6 +33,14 @@ class Fault:
     retry_after: str | None = None
     message: str = "fake upstream failure"
     code: str | None = None
+    delay: float = 0.2  # "slow": seconds between chunks
+    chunk: int = 100  # "slow": bytes per chunk
+
+
+async def _until_hung_up(request: web.Request) -> None:
+    """Wait until the client closes the connection (how a stalled upstream looks from speccyd)."""
+    while request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -104,6 +113,9 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
+        if fault is not None and fault.kind == "stall_headers":
+            await _until_hung_up(request)
+            return web.Response()
         if self.latency:
             await asyncio.sleep(self.latency)
         content_type = "text/html" if fault is not None and fault.kind == "wrong_type" else "audio/mpeg"
@@ -117,15 +129,22 @@ class FakeUpstream:
             await response.write_eof()
             return response
         if fault is not None and fault.kind == "stall":
-            await asyncio.sleep(3600)
-        for offset in range(0, len(audio), self.chunk_size):
+            await _until_hung_up(request)
+            return response
+        chunk_size, chunk_delay = self.chunk_size, self.chunk_delay
+        if fault is not None and fault.kind == "slow":
+            chunk_size, chunk_delay = fault.chunk, fault.delay
+        for offset in range(0, len(audio), chunk_size):
             if fault is not None and fault.kind == "reset_mid" and offset >= len(audio) // 2:
                 assert request.transport is not None
                 request.transport.close()
                 return response
-            await response.write(audio[offset : offset + self.chunk_size])
-            if self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
+            try:
+                await response.write(audio[offset : offset + chunk_size])
+            except ConnectionError:  # speccyd gave up on us (a timeout); nothing more to send
+                return response
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
         if fault is not None and fault.kind == "cut":
             assert request.transport is not None
             request.transport.close()
