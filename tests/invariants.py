@@ -58,8 +58,12 @@ def temp_files(data_dir: Path) -> list[Path]:
     return list((data_dir / "audio" / TMP_DIR).iterdir())
 
 
-def check_data_dir(data_dir: Path, *, quiet: bool = True) -> dict[str, ReadyFile]:
-    """Assert the storage invariants; `quiet` means no generation may be in progress (no temp files)."""
+def check_data_dir(data_dir: Path, *, quiet: bool = True, settled: bool = True) -> dict[str, ReadyFile]:
+    """Assert the storage invariants; `quiet`: no generation in progress (no temp files).
+
+    `settled=False` is the state right after a SIGKILL: a file renamed into place whose row was not yet
+    marked ready may exist until the next start sweeps it, but a ready row must still have its whole file.
+    """
     db_path = data_dir / "speccyd.db"
     db = _connect(db_path)
     try:
@@ -74,6 +78,8 @@ def check_data_dir(data_dir: Path, *, quiet: bool = True) -> dict[str, ReadyFile
         assert len(data) == row.size, f"{file_id}: {len(data)} bytes on disk, {row.size} recorded"
         assert hashlib.sha256(data).hexdigest() == row.sha256, f"{file_id}: content differs from its hash"
         assert on_disk[file_id].suffix == f".{row.format}"
+    if not settled:
+        return ready
     strays = set(on_disk) - set(ready)
     assert not strays, f"audio files without a ready row: {sorted(strays)}"
     if quiet:
