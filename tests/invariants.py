@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,15 @@ class ReadyFile:
 
 
 def _connect(db_path: Path) -> sqlite3.Connection:
+    if str(db_path).startswith("/proc/"):
+        # SQLite resolves the /proc/<pid>/root symlink and would open the file outside the server's mount
+        # namespace; read a copy instead (the server is idle when a check runs).
+        copy = Path(tempfile.mkdtemp()) / db_path.name
+        for suffix in ("", "-wal"):
+            source = db_path.with_name(db_path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        db_path = copy
     # Read-only, so a check can never repair (or damage) what it is checking.
     return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
 
