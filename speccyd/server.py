@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import resource
 import signal
 import sys
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from speccyd import __version__
 from speccyd.app import create_app
@@ -48,6 +50,31 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
+class MalformedRequestFilter(logging.Filter):
+    """A malformed request is the client's fault: one info line instead of a traceback per request, so no
+    one on the LAN can flood the log by sending garbage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.exc_info = record.exc_text = None
+            record.msg = "rejected a malformed request from %s: HTTP %d"
+            record.args = (*(record.args if isinstance(record.args, tuple) else ()), error.code)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def raise_open_file_limit() -> None:
+    """Every connection costs a file descriptor; use all the system allows before refusing clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+        except (ValueError, OSError):
+            log.debug("could not raise the open file limit from %d", soft)
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -57,9 +84,11 @@ def configure_logging(level: str) -> None:
     # The SDK's HTTP client logs request lines (with our headers at debug); keep it at warnings.
     for noisy in ("httpx", "httpx2", "openai", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 async def _serve(settings: Settings) -> None:
+    raise_open_file_limit()
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -67,6 +96,9 @@ async def _serve(settings: Settings) -> None:
         access_log=logging.getLogger("speccyd.access"),
         shutdown_timeout=settings.shutdown_timeout,
         handle_signals=False,
+        # aiohttp closes a connection that has not sent a whole request this long after it opened (or after
+        # its last response): a slow-header client (slowloris) holds a socket for seconds, not an hour.
+        keepalive_timeout=settings.client_timeout,
     )
     await runner.setup()
     try:

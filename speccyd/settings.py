@@ -155,6 +155,11 @@ SPECS: dict[str, Spec] = {
     "upstream_deadline": Spec(
         parse_duration, "5m", "Longest one upstream call may take in all, however steadily bytes trickle in."
     ),
+    "client_timeout": Spec(
+        parse_duration,
+        "15s",
+        "Longest a client may take to send a request's headers or body; also the idle keep-alive.",
+    ),
 }
 
 
@@ -179,6 +184,7 @@ class Settings:
     mdns_interfaces: tuple[str, ...]
     log_level: str
     upstream_deadline: float
+    client_timeout: float
 
     @property
     def db_path(self) -> Path:

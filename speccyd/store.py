@@ -29,6 +29,10 @@ class StoreError(Exception):
     """The database cannot be used (newer than this program, unreadable, ...)."""
 
 
+class UnknownUser(Exception):
+    """A signed session names a user the database does not have (removed, or the database was reset)."""
+
+
 def _m1_initial(db: sqlite3.Connection) -> None:
     statements = [
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -279,7 +283,8 @@ class Store:
         so concurrent identical requests share one upstream call. Otherwise a new row replaces the old one.
         """
         with self._write() as db:
-            db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id))
+            if db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id)).rowcount == 0:
+                raise UnknownUser(user_id)
             old = _file(
                 db.execute(
                     f"SELECT {_FILE_COLUMNS} FROM audio_files WHERE user_id = ? AND content_hash = ?",

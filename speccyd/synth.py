@@ -11,8 +11,9 @@ import time
 
 from speccyd.blobs import Blobs, BlobWriter
 from speccyd.crypto import ServerSecrets
+from speccyd.errors import ApiError
 from speccyd.settings import Settings
-from speccyd.store import FileRow, Store
+from speccyd.store import FileRow, Store, UnknownUser
 from speccyd.tts import SpeechRequest
 from speccyd.upstream import Upstream, UpstreamError
 
@@ -52,7 +53,10 @@ class JobManager:
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now."""
         store = self._store
-        claim = await store.run(store.claim, user_id, speech.new_file(), time.time(), self._settings.retention)
+        try:
+            claim = await store.run(store.claim, user_id, speech.new_file(), time.time(), self._settings.retention)
+        except UnknownUser:
+            raise ApiError(401, "invalid_session", "this session's user no longer exists; sign in again") from None
         if claim.replaced is not None:
             self._blobs.remove(claim.replaced.id, claim.replaced.format)
         if claim.created:
