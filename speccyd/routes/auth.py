@@ -33,7 +33,14 @@ async def verify(request: web.Request) -> web.Response:
         )
     body = await json_body(request)
     key = body.get("openai_token")
-    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_CHARS or not key.isprintable():
+    # ASCII only: keys are, and the key travels in an HTTP header, where anything else cannot be encoded.
+    if (
+        not isinstance(key, str)
+        or not key.strip()
+        or len(key) > MAX_KEY_CHARS
+        or not key.isascii()
+        or not key.isprintable()
+    ):
         limiter.take(client)
         raise ApiError(400, "invalid_openai_token", "openai_token must be an OpenAI API key string")
     key = key.strip()

@@ -38,6 +38,22 @@ async def _authorized_row(request: web.Request, file_id: str) -> FileRow:
     return row
 
 
+def _check_range(request: web.Request, size: int) -> None:
+    """Refuse a bad Range here, so the 416 is our JSON error and not FileResponse's empty audio/* body."""
+    unsatisfiable = ApiError(
+        416,
+        "range_not_satisfiable",
+        f"Range must lie within the file's {size} bytes",
+        {"Content-Range": f"bytes */{size}"},
+    )
+    try:
+        wanted = request.http_range
+    except ValueError:
+        raise unsatisfiable from None
+    if wanted.start is not None and wanted.start >= 0 and wanted.start >= size:
+        raise unsatisfiable
+
+
 @routes.get(f"/files/{FILE_ID}")
 async def download(request: web.Request) -> web.StreamResponse:
     """The audio, with Range, If-Range and ETag handled by aiohttp's sendfile path."""
@@ -49,8 +65,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     if row.is_expired(time.time()):
         raise ApiError(410, "expired", "this audio has expired")
     path = request.app[BLOBS].path(row.id, row.format)
-    if not path.is_file():  # purged a moment ago
-        raise ApiError(404, "not_found", "no such file")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:  # purged a moment ago
+        raise ApiError(404, "not_found", "no such file") from None
+    _check_range(request, size)
     return web.FileResponse(
         path, headers={"Content-Type": CONTENT_TYPES[row.format], "Cache-Control": "private, max-age=86400"}
     )
