@@ -34,6 +34,13 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+class StorageFull(Exception):
+    """The disk holding the data dir is full: audio or database rows cannot be written."""
+
+
+STORAGE_FULL_MESSAGE = "the server's disk is full; ask its owner to free space, then retry"
+
+
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
@@ -44,6 +51,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as e:
         return error_response(e.status, e.code, e.message, e.headers)
+    except StorageFull:
+        log.error("%s %s failed: the data dir's disk is full", request.method, request.path)
+        return error_response(507, "storage_full", STORAGE_FULL_MESSAGE)
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from speccyd.errors import StorageFull
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -218,7 +220,13 @@ class Store:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speccyd-db")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except sqlite3.OperationalError as e:
+            # SQLite rolls the transaction back, so a full disk costs the request, never the database.
+            if e.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise StorageFull(str(e)) from None
+            raise
 
     def close(self) -> None:
         if self._executor is not None:

@@ -11,7 +11,7 @@ import time
 
 from speccyd.blobs import Blobs, BlobWriter
 from speccyd.crypto import ServerSecrets
-from speccyd.errors import ApiError
+from speccyd.errors import STORAGE_FULL_MESSAGE, ApiError, StorageFull
 from speccyd.settings import Settings
 from speccyd.store import FileRow, Store, UnknownUser
 from speccyd.tts import SpeechRequest
@@ -22,11 +22,6 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
 # A full disk (or quota): retrying the upstream call would pay for audio we cannot keep.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-STORAGE_FULL = "storage_full"
-
-
-class StorageFull(Exception):
-    """The audio could not be written: the disk holding the data dir is full."""
 
 
 def _storage_error(e: OSError) -> StorageFull | None:
@@ -98,8 +93,11 @@ class JobManager:
             await store.run(store.mark_failed, row.id, e.message, time.time())
         except StorageFull:
             log.error("generation %s failed: no space left for audio in %s", row.id, self._blobs.root)
-            message = f"{STORAGE_FULL}: the server's disk is full; ask its owner to free space, then retry"
-            await store.run(store.mark_failed, row.id, message, time.time())
+            try:
+                await store.run(store.mark_failed, row.id, f"storage_full: {STORAGE_FULL_MESSAGE}", time.time())
+            except StorageFull:
+                # Not even the failure fits: the row stays 'generating' and is retried at the next start.
+                log.error("generation %s: cannot record the failure either; the disk is full", row.id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -180,8 +178,12 @@ class JobManager:
             writer.discard()
             raise
         store = self._store
-        stored = await store.run(
-            store.mark_ready, row.id, writer.size, writer.sha256, time.time(), self._settings.retention
-        )
+        try:
+            stored = await store.run(
+                store.mark_ready, row.id, writer.size, writer.sha256, time.time(), self._settings.retention
+            )
+        except BaseException:  # the row could not say "ready" (a full disk): keep no file it does not name
+            self._blobs.remove(row.id, row.format)
+            raise
         if not stored:  # deleted or purged while generating: keep no audio without a row
             self._blobs.remove(row.id, row.format)

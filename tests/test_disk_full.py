@@ -103,6 +103,24 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
             async with http.get(f"{server.url}/files/{new['file_id']}", headers=headers) as r:
                 assert r.status == 410
 
+            # Not one byte left: whether SQLite still finds room in its WAL or not, the answer is a clean
+            # storage_full (507 at once, or a failed generation), never a 500.
+            stat = os.statvfs(seen)
+            with (seen / "ballast2").open("wb") as f:
+                f.write(b"\0" * (stat.f_bavail * stat.f_frsize))
+            async with http.post(f"{server.url}/tts/generate", json={"text": "Totally full."}, headers=headers) as r:
+                full: dict[str, Any] = await r.json()
+                if r.status == 507:
+                    assert full["error"]["code"] == "storage_full"
+                else:
+                    assert r.status == 202
+                    failed = await _poll(http, f"{server.url}/tts/{full['content_hash']}/status", headers, "failed")
+                    assert failed["error"].startswith("storage_full:")
+            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+                assert r.status == 200
+                assert await r.read() == kept_audio
+            (seen / "ballast2").unlink()
+
             ballast.unlink()  # space returns
             again = await generate("This audio has nowhere to go.")
             await _poll(http, f"{server.url}/tts/{again['content_hash']}/status", headers, "ready")
