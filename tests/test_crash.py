@@ -11,6 +11,7 @@ import hashlib
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.process
 
 USERS = [f"sk-test-crash-user-{i}" for i in range(4)]
 TEXTS = [f"Crash test sentence number {i}." for i in range(40)]
-SERVED_SAMPLE = 25
 
 
 class Workload:
@@ -84,8 +84,8 @@ async def _settle(data_dir: Path, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _served(http: aiohttp.ClientSession, url: str, file_id: str, token: str) -> bytes:
-    async with http.get(f"{url}/files/{file_id}", headers={"Authorization": f"Bearer {token}"}) as r:
+async def _served(http: aiohttp.ClientSession, url: str, file_id: str, token: str, limit: asyncio.Semaphore) -> bytes:
+    async with limit, http.get(f"{url}/files/{file_id}", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200, f"{file_id}: {r.status} {await r.text()}"
         return await r.read()
 
@@ -96,7 +96,7 @@ async def crash_cycles(cycles: int, seed: int, tmp_path: Path, upstream_url: str
     server = ServerProcess(data_dir, upstream_url, tmp_path / "server.log")
     # Audio arrives in a few chunks over ~40 ms, so kills land before, during and after generations.
     fake.chunk_delay = 0.01
-    figures = {"cycles": 0, "kills_mid_generation": 0, "files_checked": 0}
+    figures: dict[str, Any] = {"cycles": 0, "kills_mid_generation": 0, "files_checked": 0}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         await server.start()
         tokens: dict[str, str] = {}
@@ -105,6 +105,7 @@ async def crash_cycles(cycles: int, seed: int, tmp_path: Path, upstream_url: str
                 assert r.status == 200
                 tokens[key] = (await r.json())["session_token"]
         workload = Workload(rng, server.url, tokens)
+        limit = asyncio.Semaphore(16)
         for _cycle in range(cycles):
             task = asyncio.create_task(workload.run(http))
             await asyncio.sleep(rng.uniform(0.05, 0.4))
@@ -115,22 +116,31 @@ async def crash_cycles(cycles: int, seed: int, tmp_path: Path, upstream_url: str
                 figures["kills_mid_generation"] += 1
             before = check_data_dir(data_dir, quiet=False, settled=False)
 
+            t0 = time.monotonic()
             await server.start()
+            t1 = time.monotonic()
             workload.url = server.url
             await _settle(data_dir)
+            t2 = time.monotonic()
             after = check_data_dir(data_dir)
+            t3 = time.monotonic()
             lost = set(before) - set(after)
             assert not lost, f"ready files lost across the crash: {lost}"
-            # Every file is checked on disk above; a sample is also fetched over HTTP to keep a cycle short.
-            sample = rng.sample(sorted(before), min(SERVED_SAMPLE, len(before)))
-            for file_id in sample:
-                row = before[file_id]
-                key = workload.files.get(file_id)
-                if key is None:
-                    continue  # made by a response the killed server never delivered
-                data = await _served(http, server.url, file_id, tokens[key])
-                assert hashlib.sha256(data).hexdigest() == row.sha256
-                figures["files_checked"] += 1
+            # Every ready file from before the kill, fetched over HTTP (concurrently, to keep a cycle short).
+            known = [(file_id, row.sha256) for file_id, row in before.items() if file_id in workload.files]
+            fetched = await asyncio.gather(
+                *(_served(http, server.url, file_id, tokens[workload.files[file_id]], limit) for file_id, _ in known)
+            )
+            for (file_id, sha256), data in zip(known, fetched, strict=True):
+                assert hashlib.sha256(data).hexdigest() == sha256, f"{file_id} served different bytes"
+            figures["files_checked"] += len(known)
+            for phase, seconds in (
+                ("start", t1 - t0),
+                ("settle", t2 - t1),
+                ("disk", t3 - t2),
+                ("http", time.monotonic() - t3),
+            ):
+                figures[f"seconds_{phase}"] = figures.get(f"seconds_{phase}", 0.0) + seconds
             figures["cycles"] += 1
         await server.kill(signal.SIGTERM)
     figures["ready_at_end"] = len(check_data_dir(data_dir))
@@ -148,6 +158,7 @@ async def test_sigkill_under_load_loses_nothing(tmp_path: Path, upstream_url: st
     cycles = int(os.environ.get("SPECCY_CRASH_CYCLES", "20"))
     print(f"crash test seed={seed} cycles={cycles} (replay: SPECCY_CRASH_SEED={seed})")
     figures = await crash_cycles(cycles, seed, tmp_path, upstream_url, fake)
-    print(f"crash test figures: { {k: v for k, v in figures.items() if k != 'tokens'} }")
+    shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items() if k != "tokens"}
+    print(f"crash test figures: {shown}")
     assert figures["cycles"] == cycles
     assert figures["ready_at_end"] > 0

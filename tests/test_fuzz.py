@@ -43,11 +43,12 @@ speech_bodies = st.fixed_dictionaries(
 )
 path_segment = st.text(max_size=80).map(lambda s: urllib.parse.quote(s, safe=""))
 hex_ids = st.text("0123456789abcdef", min_size=32, max_size=32)
+range_headers = header_text | st.from_regex(r"\Abytes ?= ?-?[0-9]{0,6}-?[0-9]{0,6}(,-?[0-9]{0,5}-[0-9]{0,5})?\Z")
 
 
 async def check(response: Any) -> None:
     """The contract for every answer, good or bad."""
-    text = await response.text()
+    text = (await response.read()).decode("utf-8", "replace")  # a 2xx may be audio
     assert response.status < 500, f"{response.status}: {text[:300]}"
     assert "Traceback" not in text and 'File "/' not in text
     if response.status >= 400:
@@ -98,7 +99,7 @@ async def test_path_parameters(client: AppClient, segment: str, method: str) -> 
 @FUZZ
 @given(
     authorization=header_text,
-    range_header=header_text,
+    range_header=range_headers,
     query=st.dictionaries(st.sampled_from(["exp", "sig", "x"]), header_text, max_size=3),
 )
 async def test_headers_and_queries_on_downloads(
