@@ -10,6 +10,7 @@ import os
 import urllib.parse
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,9 @@ FUZZ = settings(
 )
 
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200)
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50)
+# Lone surrogates included: JSON can carry them ("\ud800") and Python decodes them into str.
+any_text = st.text(st.characters(exclude_categories=()), max_size=300)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | any_text
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
@@ -33,12 +36,12 @@ json_values = st.recursive(
 speech_bodies = st.fixed_dictionaries(
     {},
     optional={
-        "text": st.text(max_size=300) | json_values,
+        "text": any_text | json_values,
         "voice": st.sampled_from(VOICES) | json_values,
         "model": st.sampled_from(MODELS) | json_values,
         "format": st.sampled_from(FORMATS) | json_values,
         "speed": st.floats() | st.integers() | json_values,
-        "instructions": st.text(max_size=50) | json_values,
+        "instructions": any_text | json_values,
     },
 )
 path_segment = st.text(max_size=80).map(lambda s: urllib.parse.quote(s, safe=""))
@@ -112,3 +115,29 @@ async def test_headers_and_queries_on_downloads(
     await check(await client.get(f"/files/{file_id}", params=query, headers={"Authorization": authorization}))
     await check(await client.get(f"/files/{file_id}", headers={**headers, "Range": range_header}))
     await check(await client.get("/user/usage", headers={"Authorization": authorization}))
+
+
+HOSTILE_JSON = [
+    '{"text": "hi", "speed": 1' + "0" * 5000 + "}",  # Python refuses ints over 4,300 digits with ValueError
+    '{"text": "hi", "speed": 1e999}',
+    '{"text": "hi", "speed": NaN}',
+    '{"text": "hi", "speed": -Infinity}',
+    '{"text": "\\ud800 lone surrogate"}',
+    '{"text": "hi", "instructions": "\\udfff", "model": "gpt-4o-mini-tts"}',
+    '{"text": "hi", "voice": "\\ud800"}',
+    '{"text": "a", "text": "b"}',
+    "[" * 100_000 + "]" * 100_000,
+    '{"text": "\\u0000"}',
+    '"just a string"',
+    "",
+    "\ufeff{}",
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE_JSON, ids=range(len(HOSTILE_JSON)))
+async def test_hostile_json_documents(client: AppClient, raw: str) -> None:
+    """Huge numbers, NaN, lone surrogates, deep nesting and duplicate keys: a 2xx or a 4xx envelope."""
+    headers = {**(await sign_in(client)), "Content-Type": "application/json"}
+    await check(await client.post("/tts/generate", data=raw.encode("utf-8", "surrogatepass"), headers=headers))
+    token_body = raw.replace('"text"', '"openai_token"')
+    await check(await client.post("/auth/verify", data=token_body.encode("utf-8", "surrogatepass"), headers=headers))

@@ -29,7 +29,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(408, "request_timeout", f"request body not received within {timeout:g}s") from None
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # bad JSON, bad UTF-8, or an integer past Python's 4,300-digit limit
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
