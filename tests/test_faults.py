@@ -134,3 +134,23 @@ async def test_slow_but_steady_upstream_within_deadline_succeeds(make_client: Ma
     _, body = await generate(client, headers, text="slow but fine")
     await wait_status(client, headers, body["content_hash"])
     assert len(fake.speech_calls) == 1
+
+
+async def test_long_retry_after_waits_without_holding_a_slot(
+    make_client: MakeClient, fake: FakeUpstream, data_dir: Path
+) -> None:
+    """A 429 asking for a 300 s wait parks that job outside the upstream slot: the next job runs meanwhile."""
+    client = await make_client(upstream_concurrency=1)
+    fake.faults.append(Fault(status=429, retry_after="300"))
+    headers = await sign_in(client)
+    _, parked = await generate(client, headers, text="told to wait five minutes")
+
+    async def first_refused() -> bool:
+        return len(fake.speech_calls) == 1
+
+    await eventually(first_refused, what="the 429")
+    _, other = await generate(client, headers, text="not blocked by it")
+    await wait_status(client, headers, other["content_hash"])
+    status = await (await client.get(f"/tts/{parked['content_hash']}/status", headers=headers)).json()
+    assert status["status"] == "generating"
+    assert len(fake.speech_calls) == 2
