@@ -399,7 +399,19 @@ async def test_slowloris_cannot_exhaust_connections(tmp_path: Path, upstream_url
 
         closed = await asyncio.gather(*(trickle_then_closed(s) for s in slow))
         assert all(closed), f"{closed.count(False)} slow connections still open"
+        for garbage in (
+            b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+            b"\x16\x03\x01 tls?\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(garbage)
+            assert (await reader.read())[9:12] == b"400"
+            writer.close()
     finally:
         for sock in slow:
             sock.close()
         await server.kill(signal.SIGTERM)
+    # Malformed requests are one log line each, never a traceback anyone on the LAN could repeat.
+    log = server.log_path.read_text()
+    assert "Traceback" not in log
+    assert "rejected a malformed request" in log
