@@ -34,6 +34,14 @@ class ServerProcess:
         self.port = 0
         self._pump: asyncio.Task[None] | None = None
 
+    async def __aenter__(self) -> ServerProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Whatever happened in the test, no server outlives it."""
+        if self.proc is not None and self.proc.returncode is None:
+            await self.kill()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

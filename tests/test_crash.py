@@ -97,7 +97,7 @@ async def crash_cycles(cycles: int, seed: int, tmp_path: Path, upstream_url: str
     # Audio arrives in a few chunks over ~40 ms, so kills land before, during and after generations.
     fake.chunk_delay = 0.01
     figures: dict[str, Any] = {"cycles": 0, "kills_mid_generation": 0, "files_checked": 0}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+    async with server, aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         await server.start()
         tokens: dict[str, str] = {}
         for key in USERS:

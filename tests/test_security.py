@@ -320,7 +320,7 @@ async def test_no_secret_in_any_log_line_or_database_column(
     await server.start()
     keys = ["sk-test-secret-alice-0123456789", "sk-test-secret-bob-9876543210"]
     secrets: list[str] = [*keys, "sk-refused-key-5555555555"]
-    async with aiohttp.ClientSession() as http:
+    async with server, aiohttp.ClientSession() as http:
         async with http.post(f"{server.url}/auth/verify", json={"openai_token": secrets[-1]}) as r:
             assert r.status == 401
         for key in keys:
