@@ -52,7 +52,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as e:
         return error_response(e.status, e.code, e.message, e.headers)
     except StorageFull:
-        log.error("%s %s failed: the data dir's disk is full", request.method, request.path)
+        log.error("%s %s failed: the data dir's disk is full", request.method, request.rel_url.raw_path)
         return error_response(507, "storage_full", STORAGE_FULL_MESSAGE)
     except web.HTTPException as e:
         if e.status < 400:
@@ -63,5 +63,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(e.status, code, message, headers)
     except Exception:
         # The traceback goes to the log only; the client learns nothing about internals.
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
         return error_response(500, "internal_error", "internal server error")

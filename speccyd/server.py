@@ -36,14 +36,18 @@ class RedactingFormatter(logging.Formatter):
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: the path without its query string, so no signature is ever logged."""
+    """One line per request: the path without its query string, so no signature is ever logged.
+
+    The path as sent (percent-encoded), not decoded: a decoded "%0a" or "%1b" would let anyone forge log
+    lines or send escape sequences to the terminal reading the log.
+    """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             "%s %s %s %d %d %.1fms",
             request.remote,
             request.method,
-            request.path,
+            request.rel_url.raw_path,
             response.status,
             response.body_length,
             time * 1000,

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import yarl
 
 from speccyd.crypto import ServerSecrets
 from speccyd.settings import Settings
@@ -415,3 +416,19 @@ async def test_slowloris_cannot_exhaust_connections(tmp_path: Path, upstream_url
     log = server.log_path.read_text()
     assert "Traceback" not in log
     assert "rejected a malformed request" in log
+
+
+@pytest.mark.process
+async def test_log_lines_cannot_be_forged_through_the_path(tmp_path: Path, upstream_url: str) -> None:
+    """A path with %0a or %1b is logged percent-encoded: no forged line, no terminal escape sequence."""
+    server = ServerProcess(tmp_path / "data", upstream_url, tmp_path / "server.log")
+    await server.start()
+    async with server, aiohttp.ClientSession() as http:
+        for raw in ("/x%0a2026-01-01%2000:00:00%20INFO%20speccyd:%20FORGED", "/files/%1b[2J%0d%0aFORGED", "/%00FORGED"):
+            async with http.get(yarl.URL(server.url + raw, encoded=True)) as r:
+                assert r.status == 404
+        await server.kill(signal.SIGTERM)
+    log = server.log_path.read_bytes()
+    assert b"FORGED" in log  # the requests were logged ...
+    assert all(line.find(b"FORGED") > line.find(b" GET ") > 0 for line in log.splitlines() if b"FORGED" in line)
+    assert b"\x1b" not in log and b"\x00" not in log and b"\r" not in log  # ... on their own lines, inert
