@@ -23,7 +23,7 @@ import yarl
 from speccyd.crypto import ServerSecrets
 from speccyd.settings import Settings
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Fault
 from tests.server_process import ServerProcess
 
 MakeClient = Callable[..., Awaitable[AppClient]]
@@ -432,3 +432,18 @@ async def test_log_lines_cannot_be_forged_through_the_path(tmp_path: Path, upstr
     assert b"FORGED" in log  # the requests were logged ...
     assert all(line.find(b"FORGED") > line.find(b" GET ") > 0 for line in log.splitlines() if b"FORGED" in line)
     assert b"\x1b" not in log and b"\x00" not in log and b"\r" not in log  # ... on their own lines, inert
+
+
+async def test_upstream_error_echoing_the_key_is_redacted(
+    client: AppClient, fake: FakeUpstream, settings: Settings
+) -> None:
+    """An upstream 401 that quotes the key ("Incorrect API key provided: sk-...") is stored and shown without it."""
+    key = "sk-test-echoed-0123456789abcdef"
+    headers = await sign_in(client, key)
+    fake.faults.append(Fault(status=401, message=f"Incorrect API key provided: {key}. Find yours at ..."))
+    _, body = await generate(client, headers, text="echo")
+    failed = await wait_status(client, headers, body["content_hash"], "failed")
+    assert failed["error"] == "upstream error 401: Incorrect API key provided: sk-[redacted] Find yours at ..."
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            assert b"0123456789abcdef" not in path.read_bytes(), path
