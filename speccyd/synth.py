@@ -20,6 +20,9 @@ from speccyd.upstream import Upstream, UpstreamError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+# The longest answer OpenAI can give is 4,096 characters at speed 0.25 as 24 kHz 16-bit PCM: about 18 minutes,
+# 52 MB. Past this an upstream is broken, and would otherwise fill the disk until the deadline.
+MAX_AUDIO_BYTES = 128 * 1024 * 1024
 # A full disk (or quota): retrying the upstream call would pay for audio we cannot keep.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
@@ -151,6 +154,10 @@ class JobManager:
                 async with contextlib.aclosing(chunks):
                     async for chunk in chunks:
                         writer.write(chunk)
+                        if writer.size > MAX_AUDIO_BYTES:
+                            raise UpstreamError(
+                                f"upstream sent more than {MAX_AUDIO_BYTES // 2**20} MiB of audio", retryable=False
+                            )
             if writer.size == 0:
                 raise UpstreamError("upstream returned no audio", retryable=True)
         except TimeoutError:

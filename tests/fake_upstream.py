@@ -25,7 +25,8 @@ class Fault:
     dropped before any byte), "reset_mid" (dropped after half the audio), "cut" (Content-Length promises
     more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "stall_headers"
     (nothing at all, not even headers), "slow" (the audio one `chunk` bytes every `delay` seconds),
-    "wrong_type" (200 text/html). A stall lasts until speccyd hangs up, so no handler outlives a test.
+    "wrong_type" (200 text/html), "endless" (audio that never ends, `chunk` bytes at a time, as fast as
+    speccyd reads). A stall or an endless body lasts until speccyd hangs up, so no handler outlives a test.
     """
 
     kind: str = "status"
@@ -131,6 +132,13 @@ class FakeUpstream:
         if fault is not None and fault.kind == "stall":
             await _until_hung_up(request)
             return response
+        if fault is not None and fault.kind == "endless":
+            block = audio[:1] * fault.chunk
+            while True:
+                try:
+                    await response.write(block)
+                except ConnectionError:
+                    return response
         chunk_size, chunk_delay = self.chunk_size, self.chunk_delay
         if fault is not None and fault.kind == "slow":
             chunk_size, chunk_delay = fault.chunk, fault.delay

@@ -48,6 +48,7 @@ CASES: dict[str, Case] = {
     "wrong content type": Case(Fault("wrong_type"), "upstream sent text/html instead of audio", 1),
     "stall after headers": Case(Fault("stall"), "upstream timed out", ATTEMPTS),
     "stall before headers": Case(Fault("stall_headers"), "upstream timed out", ATTEMPTS),
+    "endless audio": Case(Fault("endless", chunk=1 << 20), "upstream sent more than 128 MiB of audio", 1),
     # 4,000 bytes at 100 bytes per 0.1s is 4s; each read is quick, so only the whole-call deadline stops it.
     "very slow bytes": Case(Fault("slow", delay=0.1, chunk=100), "upstream too slow", ATTEMPTS),
 }
