@@ -57,7 +57,14 @@ async def sign_in_with_key(request: web.Request, key: object) -> str:
             f"too many failed sign-ins; try again in {wait}s",
             {"Retry-After": str(wait)},
         )
-    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_CHARS or not key.isprintable():
+    # ASCII only: keys are, and the key travels in an HTTP header, where anything else cannot be encoded.
+    if (
+        not isinstance(key, str)
+        or not key.strip()
+        or len(key) > MAX_KEY_CHARS
+        or not key.isascii()
+        or not key.isprintable()
+    ):
         limiter.take(client)
         raise ApiError(400, "invalid_openai_token", "openai_token must be an OpenAI API key string")
     key = key.strip()

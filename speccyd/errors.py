@@ -64,6 +64,13 @@ class ApiError(Exception):
         self.param = param  # the request field at fault, for OpenAI-style errors
 
 
+class StorageFull(Exception):
+    """The disk holding the data dir is full: audio or database rows cannot be written."""
+
+
+STORAGE_FULL_MESSAGE = "the server's disk is full; ask its owner to free space, then retry"
+
+
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
@@ -95,6 +102,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as e:
         return _respond(request, e.status, e.code, e.message, e.headers, e.param)
+    except StorageFull:
+        log.error("%s %s failed: the data dir's disk is full", request.method, request.rel_url.raw_path)
+        return _respond(request, 507, "storage_full", STORAGE_FULL_MESSAGE)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -104,5 +114,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _respond(request, e.status, code, message, headers)
     except Exception:
         # The traceback goes to the log only; the client learns nothing about internals.
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
         return _respond(request, 500, "internal_error", "internal server error")

@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 import re
+import resource
 import signal
 import sys
 from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from speccyd import __version__
 from speccyd.app import apply_reload, create_app
@@ -58,7 +60,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: the path without its query string, so no signature is ever logged."""
+    """One line per request: the path without its query string, so no signature is ever logged.
+
+    The path as sent (percent-encoded), not decoded: a decoded "%0a" or "%1b" would let anyone forge log
+    lines or send escape sequences to the terminal reading the log.
+    """
 
     @property
     def enabled(self) -> bool:
@@ -69,11 +75,36 @@ class AccessLogger(AbstractAccessLogger):
             "%s %s %s %d %d %.1fms",
             request.remote,
             request.method,
-            request.path,
+            request.rel_url.raw_path,
             response.status,
             response.body_length,
             time * 1000,
         )
+
+
+class MalformedRequestFilter(logging.Filter):
+    """A malformed request is the client's fault: one info line instead of a traceback per request, so no
+    one on the LAN can flood the log by sending garbage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.exc_info = record.exc_text = None
+            record.msg = "rejected a malformed request from %s: HTTP %d"
+            record.args = (*(record.args if isinstance(record.args, tuple) else ()), error.code)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def raise_open_file_limit() -> None:
+    """Every connection costs a file descriptor; use all the system allows before refusing clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+        except (ValueError, OSError):
+            log.debug("could not raise the open file limit from %d", soft)
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
@@ -88,17 +119,28 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # The SDK's HTTP client logs request lines (with our headers at debug); keep it at warnings.
     for noisy in ("httpx", "httpx2", "openai", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 async def _serve(settings: Settings) -> None:
     ssl_context = server_context(settings)  # before anything starts: a bad certificate is a clear error
+    raise_open_file_limit()
     app = create_app(settings)
+    # Handlers before start-up: a signal during start-up, or right after "listening" is logged, is graceful.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, app, settings)
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("speccyd.access"),
         shutdown_timeout=settings.shutdown_timeout,
         handle_signals=False,
+        # aiohttp closes a connection that has not sent a whole request this long after it opened (or after
+        # its last response): a slow-header client (slowloris) holds a socket for seconds, not an hour.
+        keepalive_timeout=settings.client_timeout,
     )
     await runner.setup()
     try:
@@ -119,11 +161,6 @@ async def _serve(settings: Settings) -> None:
         announcer = app.get(ANNOUNCER)
         if announcer is not None:
             announcer.start(runner.addresses[0][1])
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload, app, settings)
         await stop.wait()
         if announcer is not None:
             await announcer.stop()  # goodbyes first, so the apps stop choosing this server right away

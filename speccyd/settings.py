@@ -278,6 +278,14 @@ SPECS: dict[str, Spec] = {
     "name": Spec(_name, "", "Name the apps show for this server (empty: the host name)."),
     "tls_cert": Spec(_optional_path, "", "PEM certificate (chain) file; with tls_key, serve HTTPS only."),
     "tls_key": Spec(_optional_path, "", "PEM private key file for tls_cert."),
+    "upstream_deadline": Spec(
+        parse_duration, "5m", "Longest one upstream call may take in all, however steadily bytes trickle in."
+    ),
+    "client_timeout": Spec(
+        parse_duration,
+        "15s",
+        "Longest a client may take to send a request's headers or body; also the idle keep-alive.",
+    ),
 }
 
 
@@ -322,6 +330,9 @@ class Settings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    upstream_deadline: float
+    client_timeout: float
 
     @property
     def db_path(self) -> Path:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from speccyd.errors import StorageFull
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -27,6 +29,10 @@ BUSY_TIMEOUT_MS = 5000
 
 class StoreError(Exception):
     """The database cannot be used (newer than this program, unreadable, ...)."""
+
+
+class UnknownUser(Exception):
+    """A signed session names a user the database does not have (removed, or the database was reset)."""
 
 
 def _m1_initial(db: sqlite3.Connection) -> None:
@@ -374,7 +380,13 @@ class Store:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speccyd-db")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except sqlite3.OperationalError as e:
+            # SQLite rolls the transaction back, so a full disk costs the request, never the database.
+            if e.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise StorageFull(str(e)) from None
+            raise
 
     def close(self) -> None:
         if self._executor is not None:
@@ -448,7 +460,8 @@ class Store:
         concurrent requests cannot all slip under a limit together.
         """
         with self._write() as db:
-            db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id))
+            if db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id)).rowcount == 0:
+                raise UnknownUser(user_id)
             old = _file(
                 db.execute(
                     f"SELECT {_FILE_COLUMNS} FROM audio_files WHERE user_id = ? AND content_hash = ?",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import random
 import time
@@ -19,18 +20,28 @@ from speccyd.audiojoin import Cleaner, Joiner, JoinError
 from speccyd.blobs import TMP_DIR, Blobs, BlobWriter
 from speccyd.chunking import split_text
 from speccyd.crypto import ServerSecrets
+from speccyd.errors import STORAGE_FULL_MESSAGE, ApiError, StorageFull
 from speccyd.live import LiveFile
 from speccyd.metrics import Metrics
 from speccyd.quotas import Quotas, quota_error
 from speccyd.readycache import ReadyCache
 from speccyd.settings import Settings
-from speccyd.store import FileRow, QuotaExceeded, Store
+from speccyd.store import FileRow, QuotaExceeded, Store, UnknownUser
 from speccyd.tts import SpeechRequest
 from speccyd.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+# The longest answer OpenAI can give is 4,096 characters at speed 0.25 as 24 kHz 16-bit PCM: about 18 minutes,
+# 52 MB. Past this an upstream is broken, and would otherwise fill the disk until the deadline.
+MAX_AUDIO_BYTES = 128 * 1024 * 1024
+# A full disk (or quota): retrying the upstream call would pay for audio we cannot keep.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _storage_error(e: OSError) -> StorageFull | None:
+    return StorageFull() if e.errno in _NO_SPACE else None
 
 
 class JobManager:
@@ -81,6 +92,8 @@ class JobManager:
         except QuotaExceeded as e:
             self._outcome("quota_exceeded")
             raise quota_error(e, len(speech.text)) from None
+        except UnknownUser:
+            raise ApiError(401, "invalid_session", "this session's user no longer exists; sign in again") from None
         if claim.replaced is not None:
             self.ready.drop(claim.replaced.id)
             self._blobs.remove(claim.replaced.id, claim.replaced.format)
@@ -182,6 +195,14 @@ class JobManager:
             log.warning("generation %s failed: %s", row.id, e.message)
             self._outcome("failed")
             await store.run(store.mark_failed, row.id, e.message, time.time())
+        except StorageFull:
+            log.error("generation %s failed: no space left for audio in %s", row.id, self._blobs.root)
+            self._outcome("failed")
+            try:
+                await store.run(store.mark_failed, row.id, f"storage_full: {STORAGE_FULL_MESSAGE}", time.time())
+            except StorageFull:
+                # Not even the failure fits: the row stays 'generating' and is retried at the next start.
+                log.error("generation %s: cannot record the failure either; the disk is full", row.id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -206,7 +227,10 @@ class JobManager:
         except JoinError as e:
             raise UpstreamError(str(e), retryable=False) from None
         live.chunks_total = len(texts)
-        writer = self._blobs.writer(row.id, row.format)
+        try:
+            writer = self._blobs.writer(row.id, row.format)
+        except OSError as e:
+            raise _storage_error(e) or e from None
         live.open(writer.temp, writer.final)
         parts = [Part(self._blobs.root / TMP_DIR) for _ in texts]
         job = _Job(row, api_key, joiner, live, asyncio.Semaphore(self._settings.chunk_concurrency))
@@ -217,7 +241,10 @@ class JobManager:
                         group.create_task(self._chunk(job, index, text, parts[index]))
                     group.create_task(assemble(parts, writer, live))
             except BaseExceptionGroup as group_error:
-                raise _first_cause(group_error) from None
+                cause = _first_cause(group_error)
+                if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+                    cause = _storage_error(cause) or cause
+                raise cause from None
             for offset, data in joiner.patches(writer.size):
                 writer.patch(offset, data)
         except BaseException:
@@ -266,9 +293,12 @@ class JobManager:
     async def _attempt(self, job: _Job, text: str, part: Part, cleaner: Cleaner) -> None:
         row = job.row
         received = 0
+        deadline = self._settings.upstream_deadline
         try:
             # The job's own limit first, then a server-wide slot: never more than upstream_concurrency calls.
-            async with job.chunk_slots, self._slots:
+            # upstream_timeout bounds each wait for bytes; the deadline bounds the whole call, so a trickle
+            # of bytes cannot hold an upstream slot forever.
+            async with job.chunk_slots, self._slots, asyncio.timeout(deadline):
                 part.begin()
                 started = time.monotonic()
                 result = "error"
@@ -287,6 +317,10 @@ class JobManager:
                             if received == 0 and self._metrics is not None:
                                 self._metrics.upstream_first_byte.observe(time.monotonic() - started)
                             received += len(chunk)
+                            if received > MAX_AUDIO_BYTES:
+                                raise UpstreamError(
+                                    f"upstream sent more than {MAX_AUDIO_BYTES // 2**20} MiB of audio", retryable=False
+                                )
                             part.write(cleaner.feed(chunk))
                     result = "ok"
                 finally:
@@ -299,6 +333,12 @@ class JobManager:
         except JoinError as e:
             part.abort()
             raise UpstreamError(f"cannot join the upstream's audio: {e}", retryable=False) from None
+        except TimeoutError:
+            part.abort()
+            raise UpstreamError(f"upstream too slow: no complete audio within {deadline:g}s", retryable=True) from None
+        except OSError as e:
+            part.abort()
+            raise _storage_error(e) or e from None
         except BaseException:
             part.abort()
             raise
@@ -306,12 +346,21 @@ class JobManager:
     async def _finish(self, row: FileRow, writer: BlobWriter, live: LiveFile) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(None, writer.commit)
+        except OSError as e:
+            writer.discard()
+            raise _storage_error(e) or e from None
         except BaseException:
             writer.discard()
             raise
         store = self._store
         now = time.time()
-        stored = await store.run(store.mark_ready, row.id, writer.size, writer.sha256, now, self._settings.retention)
+        try:
+            stored = await store.run(
+                store.mark_ready, row.id, writer.size, writer.sha256, now, self._settings.retention
+            )
+        except BaseException:  # the row could not say "ready" (a full disk): keep no file it does not name
+            self._blobs.remove(row.id, row.format)
+            raise
         if not stored:  # deleted or purged while generating: keep no audio without a row
             self._blobs.remove(row.id, row.format)
             return

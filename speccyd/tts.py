@@ -62,6 +62,15 @@ class SpeechRequest:
         )
 
 
+def _is_unicode(value: str) -> bool:
+    """JSON can carry lone surrogates ("\\ud800"); they cannot be hashed or sent upstream as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _choice(body: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], code: str) -> str:
     value = body.get(key, default)
     if value not in allowed:
@@ -77,6 +86,8 @@ def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "invalid_text", "text must be a non-empty string")
+    if not _is_unicode(text):
+        raise ApiError(400, "invalid_text", "text must be valid Unicode (it has a lone surrogate)")
     if len(text) > max_text_chars:
         raise ApiError(400, "text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}")
     voice = _choice(body, "voice", "alloy", VOICES, "invalid_voice")
@@ -98,8 +109,8 @@ def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max
 
     instructions = body.get("instructions")
     if instructions is not None:
-        if not isinstance(instructions, str):
-            raise ApiError(400, "invalid_instructions", "instructions must be a string")
+        if not isinstance(instructions, str) or not _is_unicode(instructions):
+            raise ApiError(400, "invalid_instructions", "instructions must be a string of valid Unicode")
         if len(instructions) > MAX_INSTRUCTIONS:
             raise ApiError(400, "invalid_instructions", f"instructions are limited to {MAX_INSTRUCTIONS} characters")
         if model not in INSTRUCTION_MODELS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -36,15 +37,21 @@ class KeyRejected(Exception):
     """The upstream refused this API key (401/403)."""
 
 
+# OpenAI's 401 says "Incorrect API key provided: sk-proj-****abcd"; the message is stored and shown to the
+# user, so whatever key-like string the upstream echoes is cut out first.
+_KEY_IN_MESSAGE = re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}")
+
+
 def _upstream_message(e: openai.APIStatusError) -> str:
     body: Any = e.body
+    message = f"upstream answered HTTP {e.status_code}"
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    return f"upstream answered HTTP {e.status_code}"
+            message = str(inner["message"])
+        elif isinstance(body.get("message"), str):
+            message = str(body["message"])
+    return _KEY_IN_MESSAGE.sub("sk-[redacted]", message)
 
 
 def _retry_after(e: openai.APIStatusError) -> float | None:
@@ -74,7 +81,8 @@ def classify(e: BaseException) -> UpstreamError:
             status=status,
             retry_after=_retry_after(e),
         )
-    if isinstance(e, openai.APITimeoutError):
+    # A stalled body raises the HTTP library's own timeout, not the SDK's; both mean the same to a user.
+    if isinstance(e, openai.APITimeoutError | _httpx.TimeoutException):
         return UpstreamError("upstream timed out", retryable=True)
     if isinstance(e, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
         return UpstreamError(f"upstream connection failed: {type(e).__name__}", retryable=True)

@@ -28,8 +28,11 @@ class Fault:
 
     kind: "status" (HTTP `status` with an OpenAI error body, optional Retry-After), "reset" (connection
     dropped before any byte), "reset_mid" (dropped after half the audio), "cut" (Content-Length promises
-    more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "wrong_type"
-    (200 text/html), "pause_mid" (half the audio, then the rest once `pause` is set).
+    more than is sent), "empty" (200 with no body), "stall" (headers, then nothing), "stall_headers"
+    (nothing at all, not even headers), "slow" (the audio one `chunk` bytes every `delay` seconds),
+    "wrong_type" (200 text/html), "endless" (audio that never ends, `chunk` bytes at a time, as fast as
+    speccyd reads), "pause_mid" (half the audio, then the rest once `pause` is set). A stall or an endless
+    body lasts until speccyd hangs up, so no handler outlives a test.
     With `pause`, "reset_mid" also waits for it before dropping the connection. With `match`, the fault
     is kept for the first request whose input contains that text (a given chunk of a long text).
     """
@@ -41,6 +44,14 @@ class Fault:
     code: str | None = None
     pause: asyncio.Event | None = None
     match: str | None = None
+    delay: float = 0.2  # "slow": seconds between chunks
+    chunk: int = 100  # "slow": bytes per chunk
+
+
+async def _until_hung_up(request: web.Request) -> None:
+    """Wait until the client closes the connection (how a stalled upstream looks from speccyd)."""
+    while request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(0.02)
 
 
 # Real audio for join tests: the duration of each clip is picked from the request's input length.
@@ -187,6 +198,9 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.close()
             return web.Response()
+        if fault is not None and fault.kind == "stall_headers":
+            await _until_hung_up(request)
+            return web.Response()
         if self.latency:
             await asyncio.sleep(self.latency)
         content_type = "text/html" if fault is not None and fault.kind == "wrong_type" else "audio/mpeg"
@@ -200,8 +214,19 @@ class FakeUpstream:
             await response.write_eof()
             return response
         if fault is not None and fault.kind == "stall":
-            await asyncio.sleep(3600)
-        for offset in range(0, len(audio), self.chunk_size):
+            await _until_hung_up(request)
+            return response
+        if fault is not None and fault.kind == "endless":
+            block = audio[:1] * fault.chunk
+            while True:
+                try:
+                    await response.write(block)
+                except ConnectionError:
+                    return response
+        chunk_size, chunk_delay = self.chunk_size, self.chunk_delay
+        if fault is not None and fault.kind == "slow":
+            chunk_size, chunk_delay = fault.chunk, fault.delay
+        for offset in range(0, len(audio), chunk_size):
             if fault is not None and fault.kind in ("reset_mid", "pause_mid") and offset >= len(audio) // 2:
                 if fault.pause is not None:
                     await fault.pause.wait()
@@ -210,9 +235,12 @@ class FakeUpstream:
                     request.transport.close()
                     return response
                 fault = None
-            await response.write(audio[offset : offset + self.chunk_size])
-            if self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
+            try:
+                await response.write(audio[offset : offset + chunk_size])
+            except ConnectionError:  # speccyd gave up on us (a timeout); nothing more to send
+                return response
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
         if fault is not None and fault.kind == "cut":
             assert request.transport is not None
             request.transport.close()

@@ -1,4 +1,4 @@
-"""The real `speccyd serve` as a subprocess: started on 127.0.0.1 with a free port, its log in a file."""
+"""The real `speccyd serve` as a subprocess: start it, find its port, kill it, read its log."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
 
 def speccyd_env(upstream_url: str, **extra: str) -> dict[str, str]:
@@ -23,8 +22,6 @@ def speccyd_env(upstream_url: str, **extra: str) -> dict[str, str]:
         SPECCY_MDNS="off",
         SPECCY_RETRY_BACKOFF="10ms",
         SPECCY_RATE_LIMIT="off",
-        SPECCY_HOST="127.0.0.1",
-        SPECCY_PORT="0",
     )
     env.update(extra)
     return env
@@ -46,39 +43,98 @@ def run_cli(
     )
 
 
-@dataclass
 class ServerProcess:
-    process: asyncio.subprocess.Process
-    log_path: Path
-    url: str
+    """One run of the server; its stderr is appended to `log_path` so a whole test's log can be grepped."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        upstream_url: str,
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        self.data_dir = data_dir
+        self.upstream_url = upstream_url
+        self.log_path = log_path
+        self.env = env or {}
+        self.prefix = list(prefix)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self._pump: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ServerProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Whatever happened in the test, no server outlives it."""
+        if self.proc is not None and self.proc.returncode is None:
+            await self.kill()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        assert self.proc is not None
+        return self.proc
 
     @property
     def log(self) -> str:
         return self.log_path.read_text()
 
+    async def start(self, timeout: float = 20.0) -> None:
+        env = speccyd_env(self.upstream_url, **self.env)
+        argv = [sys.executable, "-m", "speccyd", "serve", "--data-dir", str(self.data_dir)]
+        argv += ["--host", "127.0.0.1", "--port", "0"]
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix, *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.create_task(self._read_log(found))
+        try:
+            self.port = await asyncio.wait_for(asyncio.shield(found), timeout)
+        except TimeoutError:
+            await self.kill()
+            raise AssertionError(f"server did not start in {timeout}s; log:\n{self.log_path.read_text()}") from None
+
+    async def _read_log(self, found: asyncio.Future[int]) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        with self.log_path.open("ab") as log:
+            async for line in self.proc.stderr:
+                log.write(line)
+                log.flush()
+                match = _LISTENING.search(line)
+                if match and not found.done():
+                    found.set_result(int(match.group(1)))
+        if not found.done():
+            found.set_exception(AssertionError(f"server exited before listening:\n{self.log_path.read_text()}"))
+
+    async def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await self.proc.wait()
+        if self._pump is not None:
+            await self._pump
+        return code
+
+    def path(self, inside: Path) -> Path:
+        """`inside` as the server sees it: through /proc when it runs in its own mount namespace."""
+        if not self.prefix:
+            return inside
+        assert self.proc is not None
+        return Path(f"/proc/{self.proc.pid}/root") / inside.relative_to("/")
+
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-        return await asyncio.wait_for(self.process.wait(), timeout)
+        """Send `sig` and wait (bounded) for the exit code."""
+        return await asyncio.wait_for(self.kill(sig), timeout)
 
 
 async def start_server(data_dir: Path, upstream_url: str, log_path: Path, **env: str) -> ServerProcess:
-    """Start `speccyd serve` and wait (with a deadline) for the line that names its port."""
-    log = log_path.open("ab")
-    start = log_path.stat().st_size
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "speccyd", "serve", "--data-dir", str(data_dir),
-        env=speccyd_env(upstream_url, **env), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    log.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log_path.read_text()[start:])
-        if match:
-            return ServerProcess(process, log_path, f"http://127.0.0.1:{match.group(1)}")
-        if process.returncode is not None:
-            break
-        await asyncio.sleep(0.02)
-    process.kill()
-    await process.wait()
-    raise AssertionError(f"speccyd serve did not start:\n{log_path.read_text()[start:]}")
+    """A started `speccyd serve` on 127.0.0.1 with a free port; `env` adds SPECCY_ settings."""
+    server = ServerProcess(data_dir, upstream_url, log_path, env=env)
+    await server.start()
+    return server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from speccyd.auth import signed_file_url
 from speccyd.errors import ApiError
+from speccyd.keys import SETTINGS
 from speccyd.store import FileRow
 from speccyd.timeutil import iso
 
@@ -18,10 +20,16 @@ CONTENT_HASH = r"{content_hash:[0-9a-f]{64}}"
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; 413 past client_max_size, 400 for anything that is not an object."""
-    raw = await request.read()
+    timeout = request.app[SETTINGS].client_timeout
+    try:
+        # A body trickled in a byte at a time would otherwise hold its connection and handler forever.
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"request body not received within {timeout:g}s") from None
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # bad JSON, bad UTF-8, or an integer past Python's 4,300-digit limit
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
     except RecursionError:
         raise ApiError(400, "invalid_json", "request body is nested too deeply") from None

@@ -66,6 +66,22 @@ class AudioFileResponse(CountedFileResponse):
         return await super().prepare(request)
 
 
+def _check_range(request: web.Request, size: int) -> None:
+    """Refuse a bad Range here, so the 416 is our JSON error and not FileResponse's empty audio/* body."""
+    unsatisfiable = ApiError(
+        416,
+        "range_not_satisfiable",
+        f"Range must lie within the file's {size} bytes",
+        {"Content-Range": f"bytes */{size}"},
+    )
+    try:
+        wanted = request.http_range
+    except ValueError:
+        raise unsatisfiable from None
+    if wanted.start is not None and wanted.start >= 0 and wanted.start >= size:
+        raise unsatisfiable
+
+
 @routes.get(f"/files/{FILE_ID}")
 async def download(request: web.Request) -> web.StreamResponse:
     """The audio, with Range, If-Range and ETag handled by aiohttp's sendfile path; live while generating."""
@@ -86,8 +102,12 @@ async def download(request: web.Request) -> web.StreamResponse:
     if row.is_expired(time.time()):
         raise ApiError(410, "expired", "this audio has expired")
     path = request.app[BLOBS].path(row.id, row.format)
-    if not path.is_file():  # purged a moment ago
-        raise ApiError(404, "not_found", "no such file")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:  # purged a moment ago
+        raise ApiError(404, "not_found", "no such file") from None
+    if hdrs.IF_RANGE not in request.headers:  # with If-Range the Range may not apply at all
+        _check_range(request, size)
     return AudioFileResponse(
         request.app[METRICS],
         path,

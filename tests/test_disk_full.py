@@ -1,0 +1,139 @@
+"""A full disk: generation fails cleanly with storage_full, stored audio is still served, and space returning heals.
+
+The server runs in a mount namespace of its own (`unshare -m`) with its data dir on a 4 MiB tmpfs, so the
+test fills a real filesystem without touching the machine's; the test sees that filesystem through
+/proc/<pid>/root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.invariants import check_data_dir, temp_files
+from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.process
+
+_MOUNT = 'mount -t tmpfs -o size=4m,mode=0700 speccyd-test "$0" && exec "$@"'
+HEADROOM = 64 * 1024  # left free for SQLite's WAL, so only audio (100 KB) cannot fit
+
+
+def _namespace_reason() -> str | None:
+    if shutil.which("unshare") is None:
+        return "unshare(1) is not installed"
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "mount -t tmpfs -o size=1m t /mnt"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.decode().strip()}"
+    return None
+
+
+async def _poll(http: aiohttp.ClientSession, url: str, headers: dict[str, str], wanted: str) -> dict[str, Any]:
+    for _ in range(500):
+        async with http.get(url, headers=headers) as r:
+            body: dict[str, Any] = await r.json()
+        if body.get("status") == wanted:
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never reached {wanted}: {body}")
+
+
+async def test_disk_full_fails_with_storage_full_and_recovers(
+    tmp_path: Path, upstream_url: str, fake: FakeUpstream
+) -> None:
+    """ENOSPC while writing audio: a clean storage_full failure, no temp file, old audio served, then recovery."""
+    reason = _namespace_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    fake.audio_size = 100_000
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT, str(data_dir)]
+    # min_free_disk below the tmpfs' size, so /healthz is healthy until the ballast fills it.
+    env = {"SPECCY_MIN_FREE_DISK": "64KB"}
+    server = ServerProcess(data_dir, upstream_url, tmp_path / "server.log", env=env, prefix=prefix)
+    await server.start()
+    try:
+        seen = server.path(data_dir)  # the tmpfs, as the server sees it
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-disk"}) as r:
+                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
+
+            async def generate(text: str) -> dict[str, Any]:
+                async with http.post(f"{server.url}/tts/generate", json={"text": text}, headers=headers) as r:
+                    assert r.status == 202
+                    body: dict[str, Any] = await r.json()
+                    return body
+
+            kept = await generate("Stored before the disk filled up.")
+            await _poll(http, f"{server.url}/tts/{kept['content_hash']}/status", headers, "ready")
+            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+                kept_audio = await r.read()
+
+            ballast = seen / "ballast"
+            stat = os.statvfs(seen)
+            ballast.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - HEADROOM))
+
+            new = await generate("This audio has nowhere to go.")
+            failed = await _poll(http, f"{server.url}/tts/{new['content_hash']}/status", headers, "failed")
+            assert failed["error"].startswith("storage_full:")
+            assert len([c for c in fake.speech_calls if c.body and "nowhere" in c.body["input"]]) == 1
+            assert not temp_files(seen)
+            ballast_size = ballast.stat().st_size
+            ballast.unlink()  # check_data_dir reads through the same filesystem; keep it out of the audio dir
+            check_data_dir(seen)
+            ballast.write_bytes(b"\0" * ballast_size)
+
+            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+                assert r.status == 200
+                assert await r.read() == kept_audio
+            async with http.get(f"{server.url}/healthz") as r:
+                # Serving goes on, and the health check says exactly what is wrong: the disk, nothing else.
+                health = await r.json()
+                assert r.status == 503
+                assert [name for name, check in health["checks"].items() if check["ok"] is False] == ["disk"]
+            async with http.get(f"{server.url}/files/{new['file_id']}", headers=headers) as r:
+                assert r.status == 410
+
+            # Not one byte left: whether SQLite still finds room in its WAL or not, the answer is a clean
+            # storage_full (507 at once, or a failed generation), never a 500.
+            stat = os.statvfs(seen)
+            with (seen / "ballast2").open("wb") as f:
+                f.write(b"\0" * (stat.f_bavail * stat.f_frsize))
+            async with http.post(f"{server.url}/tts/generate", json={"text": "Totally full."}, headers=headers) as r:
+                full: dict[str, Any] = await r.json()
+                if r.status == 507:
+                    assert full["error"]["code"] == "storage_full"
+                else:
+                    assert r.status == 202
+                    failed = await _poll(http, f"{server.url}/tts/{full['content_hash']}/status", headers, "failed")
+                    assert failed["error"].startswith("storage_full:")
+            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+                assert r.status == 200
+                assert await r.read() == kept_audio
+            (seen / "ballast2").unlink()
+
+            ballast.unlink()  # space returns
+            again = await generate("This audio has nowhere to go.")
+            await _poll(http, f"{server.url}/tts/{again['content_hash']}/status", headers, "ready")
+            async with http.get(f"{server.url}/healthz") as r:
+                assert r.status == 200
+            async with http.get(f"{server.url}/files/{again['file_id']}", headers=headers) as r:
+                assert r.status == 200
+                assert len(await r.read()) == fake.audio_size
+            check_data_dir(seen)
+    finally:
+        await server.kill(signal.SIGTERM)

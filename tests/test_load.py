@@ -1,0 +1,24 @@
+"""The short CI form of bench/load.py: a few seconds of mixed load on the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.load import report, run_load
+
+pytestmark = pytest.mark.process
+
+
+async def test_short_mixed_load_has_no_errors_and_no_corruption(tmp_path: Path) -> None:
+    """20 clients, 300 requests across 20 users: no 5xx, no connection error, every Range byte correct."""
+    results, elapsed, ready = await run_load(
+        tmp_path / "data", clients=20, requests=300, duration=30, users=20, seed=7, log_path=tmp_path / "server.log"
+    )
+    print(report(results, elapsed))
+    assert results.requests >= 300
+    assert not results.server_errors, results.server_errors[:5]
+    assert not results.connection_errors, results.connection_errors[:5]
+    assert not results.corrupt, results.corrupt[:5]
+    assert results.bytes_checked > 0 and ready > 0
