@@ -101,13 +101,13 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise ApiError(410, "generation_failed", f"generation failed: {row.error}")
     if row.is_expired(time.time()):
         raise ApiError(410, "expired", "this audio has expired")
-    path = request.app[BLOBS].path(row.id, row.format)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:  # purged a moment ago
-        raise ApiError(404, "not_found", "no such file") from None
-    if hdrs.IF_RANGE not in request.headers:  # with If-Range the Range may not apply at all
-        _check_range(request, size)
+    blobs = request.app[BLOBS]
+    if not blobs.exists(row.id, row.format):  # purged a moment ago
+        raise ApiError(404, "not_found", "no such file")
+    # With If-Range the Range may not apply at all; the row knows the size, so no extra stat here.
+    if hdrs.RANGE in request.headers and hdrs.IF_RANGE not in request.headers and row.size_bytes is not None:
+        _check_range(request, row.size_bytes)
+    path = blobs.path(row.id, row.format)
     return AudioFileResponse(
         request.app[METRICS],
         path,
