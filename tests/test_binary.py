@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import eventually
 from tests.fake_upstream import FakeUpstream
-from tests.process import ServerProcess, clean_env
+from tests.server_process import LOOPBACK_MDNS, ServerProcess, clean_env
 
 pytestmark = pytest.mark.binary
 
@@ -83,9 +83,8 @@ async def test_binary_serves_generates_and_stops(
     """The binary serves on loopback, announces on mDNS, generates and serves audio, and exits 0 on SIGTERM."""
     data_dir = tmp_path / "data"
     assert run(speccyd_binary, "init", "--data-dir", str(data_dir)).returncode == 0
-    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1")
-    server = ServerProcess([str(speccyd_binary), "serve", "--data-dir", str(data_dir)], env, tmp_path / "log")
-    try:
+    binary = [str(speccyd_binary)]
+    async with ServerProcess(data_dir, upstream_url, tmp_path / "log", env=LOOPBACK_MDNS, executable=binary) as server:
         await server.start()
         async with aiohttp.ClientSession(base_url=server.url) as http:
             async with http.get("/healthz") as response:
@@ -112,6 +111,4 @@ async def test_binary_serves_generates_and_stops(
 
         await eventually(announced, what="the mDNS announcement")
         assert await server.stop() == 0
-    finally:
-        server.kill()
     assert "Traceback" not in server.log
