@@ -63,6 +63,14 @@ def open_store(settings: Settings) -> Any:
         fail(str(e))
 
 
+def find_user(store: Any, prefix: str, option: str = "") -> str:
+    """The one user whose id starts with `prefix`; exit 2 when none or several do."""
+    matches = store.find_users(prefix)
+    if len(matches) != 1:
+        fail(f"{option}{prefix!r} matches {len(matches)} users; give more of the id (see `speccyd users list`)", 2)
+    return str(matches[0])
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"speccyd {__version__}")
@@ -168,7 +176,7 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Files, storage, generations, cache hits and estimated cost, per user and per model."""
-    from speccyd.costs import by_user, price_table, summarize
+    from speccyd.costs import price_table, usage_report
 
     try:
         window = parse_duration(since)
@@ -183,51 +191,11 @@ def usage(
     finally:
         store.close()
     prices = price_table(settings)
-    per_user = by_user(lines, prices)
-    overall = summarize(lines, prices)
-
-    def figures(s: Any) -> dict[str, Any]:
-        return {
-            "generations": s.generations,
-            "characters": s.characters,
-            "tokens": s.tokens,
-            "cache_hits": s.cache_hits,
-            "cached_characters": s.cached_characters,
-            "cache_hit_ratio": None if s.cache_hit_ratio is None else round(s.cache_hit_ratio, 4),
-            "estimated_cost_usd": round(s.cost_usd, 4),
-            "saved_cost_usd": round(s.saved_usd, 4),
-        }
-
-    empty = summarize([], prices)
-    users = [
-        {
-            "user_id": r.user_id,
-            "first_seen": _iso(r.first_seen),
-            "last_seen": _iso(r.last_seen),
-            "files": r.files_count,
-            "storage_mb": round(r.storage_bytes / 1_000_000, 3),
-            "generated_today": r.generated_today,
-            "characters_today": r.characters_today,
-            **figures(per_user.get(r.user_id, empty)),
-        }
-        for r in rows
-    ]
-    models = [
-        {"model": m.model, **figures(summarize([x for x in lines if x.model == m.model], prices))}
-        for m in sorted(overall.models.values(), key=lambda m: m.model)
-    ]
-    totals = {
-        "users": len(users),
-        "files": sum(u["files"] for u in users),
-        "storage_mb": round(sum(u["storage_mb"] for u in users), 3),
-        "generated_today": sum(u["generated_today"] for u in users),
-        "characters_today": sum(u["characters_today"] for u in users),
-        **figures(overall),
-    }
-    report = {"since": since, "prices_usd_per_million_chars": prices, "users": users, "models": models}
+    report = {"since": since, **usage_report(rows, lines, prices)}
     if as_json:
-        typer.echo(json.dumps({**report, "totals": totals}, indent=2))
+        typer.echo(json.dumps(report, indent=2))
         return
+    users, models, totals = report["users"], report["models"], report["totals"]
     from rich.console import Console
     from rich.table import Table
 
@@ -292,12 +260,7 @@ def purge(
             fail(f"--older-than: {e}", 2)
     store = open_store(settings)
     try:
-        user_id = None
-        if user is not None:
-            matches = store.find_users(user)
-            if len(matches) != 1:
-                fail(f"--user {user!r} matches {len(matches)} users", 2)
-            user_id = matches[0]
+        user_id = None if user is None else find_user(store, user, "--user ")
         what = PurgeFilter(
             expired=expired or not (everything or user_id or age),
             all=everything,
@@ -349,12 +312,15 @@ def _purge_with_progress(store: Any, settings: Settings, what: Any, now: float, 
         return list(run_purge(store, blobs, what, now, progress=lambda rows: bar.advance(task, len(rows))))
 
 
+def removed_line(removed: list[Any]) -> str:
+    return f"removed {len(removed)} files, {sum(r.size_bytes or 0 for r in removed) / 1_000_000:.1f} MB"
+
+
 def _purge_summary(removed: list[Any], seconds: float) -> None:
-    size = sum(r.size_bytes or 0 for r in removed) / 1_000_000
     users: dict[str, int] = {}
     for row in removed:
         users[row.user_id] = users.get(row.user_id, 0) + 1
-    typer.echo(f"removed {len(removed)} files, {size:.1f} MB")
+    typer.echo(removed_line(removed))
     if removed:
         most = ", ".join(f"{u[:8]} ({n})" for u, n in sorted(users.items(), key=lambda kv: -kv[1])[:5])
         typer.echo(f"  {len(users)} users: {most}{', ...' if len(users) > 5 else ''}; took {seconds:.1f}s")
@@ -592,12 +558,6 @@ def service_uninstall(
     except OSError as e:
         fail(f"cannot remove {plan.path}: {e.strerror or e}")
     typer.echo(f"removed {plan.path}")
-
-
-def _iso(timestamp: float) -> str:
-    from speccyd.timeutil import iso
-
-    return iso(timestamp) or ""
 
 
 # Registers `speccyd users ...`; imported last because it uses the helpers above.

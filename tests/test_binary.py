@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import LOOPBACK_MDNS, ServerProcess, clean_env
 
@@ -89,18 +89,10 @@ async def test_binary_serves_generates_and_stops(
         async with aiohttp.ClientSession(base_url=server.url) as http:
             async with http.get("/healthz") as response:
                 assert response.status == 200
-            async with http.post("/auth/verify", json={"openai_token": "sk-test-binary"}) as response:
-                assert response.status == 200
-                headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
-            async with http.post("/tts/generate", json={"text": "Frozen."}, headers=headers) as response:
-                assert response.status == 202
-                job = await response.json()
-
-            async def ready() -> bool:
-                async with http.get(f"/tts/{job['content_hash']}/status", headers=headers) as r:
-                    return bool((await r.json())["status"] == "ready")
-
-            await eventually(ready, what="the generation to finish")
+            headers = await sign_in(http, "sk-test-binary")
+            status, job = await generate(http, headers, text="Frozen.")
+            assert status == 202
+            await wait_status(http, headers, job["content_hash"])
             async with http.get(f"/files/{job['file_id']}", headers=headers) as response:
                 assert response.status == 200
                 assert await response.read() == FakeUpstream.audio_for(fake.speech_calls[0].body or {}, fake.audio_size)

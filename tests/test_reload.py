@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import eventually, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import ServerProcess, start_server
 
@@ -40,19 +40,13 @@ async def test_sighup_reloads_limits_and_log_level_without_dropping_connections(
     # More than the socket buffers hold, so the download is still going on during the reload.
     fake.audio_size = 16 * 1024 * 1024
     async with aiohttp.ClientSession(base_url=served.url) as session:
-        async with session.post("/auth/verify", json={"openai_token": "sk-test-alice"}) as response:
-            headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
+        headers = await sign_in(session)
         async with session.post("/tts/generate", json={"text": "short"}, headers=headers) as response:
             first = await response.json()
         async with session.post("/tts/generate", json={"text": "far more than ten"}, headers=headers) as response:
             assert response.status == 429
             assert (await response.json())["error"]["code"] == "quota_exceeded"
-
-        async def ready() -> bool:
-            async with session.get(f"/tts/{first['content_hash']}/status", headers=headers) as response:
-                return bool((await response.json())["status"] == "ready")
-
-        await eventually(ready, what="the first file")
+        await wait_status(session, headers, first["content_hash"])
         expected = FakeUpstream.audio_for(fake.speech_calls[0].body or {}, fake.audio_size)
 
         async with session.get(f"/files/{first['file_id']}", headers=headers) as download:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from speccyd.cli import app
 from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, plan_install, running_command, systemd_unit
-from tests.conftest import eventually
+from tests.conftest import eventually, sign_in
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import LOOPBACK_MDNS, SPECCYD, ServerProcess, clean_env
 
@@ -174,8 +174,7 @@ async def test_serves_and_generates_without_writable_executable_memory(
     server = ServerProcess(tmp_path / "data", upstream_url, tmp_path / "log", env=LOOPBACK_MDNS, prefix=prefix)
     async with await server.start():
         async with aiohttp.ClientSession(base_url=server.url) as http:
-            async with http.post("/auth/verify", json={"openai_token": "sk-test-mdwe"}) as response:
-                headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
+            headers = await sign_in(http, "sk-test-mdwe")
             async with http.post("/tts/generate", json={"text": "No JIT."}, headers=headers) as response:
                 assert response.status == 202
 

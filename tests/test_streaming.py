@@ -203,19 +203,15 @@ async def test_real_server_streams_a_long_text_through_the_signed_url(
     fake.faults.append(Fault("pause_mid", pause=release, match=chunk(3)))
     server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_UPSTREAM_MAX_CHARS=str(LIMIT))
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-alice"}) as r:
-                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
-            async with session.post(
-                f"{server.url}/tts/generate", json={"text": long_text(), "format": "pcm"}, headers=headers
-            ) as r:
-                body = await r.json()
-            async with session.get(f"{server.url}{body['url']}") as live:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            headers = await sign_in(session)
+            _, body = await generate(session, headers, text=long_text(), format="pcm")
+            async with session.get(body["url"]) as live:
                 assert live.status == 200
                 first = await read_some(live, fake.audio_size)
                 release.set()
                 streamed = first + await live.read()
-            async with session.get(f"{server.url}{body['url']}") as stored:
+            async with session.get(body["url"]) as stored:
                 assert stored.headers.get("Content-Length") == str(len(streamed))
                 assert await stored.read() == streamed
     finally:
@@ -231,12 +227,10 @@ async def test_shutdown_cuts_live_readers_instead_of_waiting(
     fake.faults.append(Fault("pause_mid", pause=release))
     server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_SHUTDOWN_TIMEOUT="5m")
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-alice"}) as r:
-                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
-            async with session.post(f"{server.url}/tts/generate", json={"text": "Stuck."}, headers=headers) as r:
-                body = await r.json()
-            async with session.get(f"{server.url}{body['url']}") as live:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            headers = await sign_in(session)
+            _, body = await generate(session, headers, text="Stuck.")
+            async with session.get(body["url"]) as live:
                 await read_some(live, 1)
                 assert await server.stop(timeout=20) == 0  # far below the 5 minutes it would otherwise wait
                 with pytest.raises(aiohttp.ClientPayloadError):
