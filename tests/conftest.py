@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import sqlite3
 import subprocess
 import time
@@ -89,11 +90,13 @@ async def sign_in(client: Http, key: str = "sk-test-alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {body['session_token']}"}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds, never sleep blindly."""
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `check` (plain or async) until it returns something truthy; fail after `timeout` s, never sleep blindly."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:

@@ -98,9 +98,6 @@ async def test_binary_serves_generates_and_stops(
                 assert await response.read() == FakeUpstream.audio_for(fake.speech_calls[0].body or {}, fake.audio_size)
 
         # zeroconf's compiled modules work frozen: the announcement is registered.
-        async def announced() -> bool:
-            return "announcing" in server.log
-
-        await eventually(announced, what="the mDNS announcement")
+        await eventually(lambda: "announcing" in server.log, what="the mDNS announcement")
         assert await server.stop() == 0
     assert "Traceback" not in server.log

@@ -116,11 +116,8 @@ async def test_discover_finds_server_in_another_namespace(namespaces: tuple[str,
     async with server:
         await server.start()
 
-        async def announced() -> bool:
-            return "announcing" in server.log
-
         # Registered (about 1.5 s after it listens): from now on it answers the browser's first query.
-        await eventually(announced, what="the mDNS registration")
+        await eventually(lambda: "announcing" in server.log, what="the mDNS registration")
         found = discover_until(client_ns, name, tmp_path / "client", lambda s: True)
         assert found["addresses"] == [SERVER_ADDRESS]
         assert found["port"] == server.port
@@ -140,10 +137,7 @@ async def test_announcement_follows_a_new_address(namespaces: tuple[str, str], t
         veth = ip("-n", server_ns, "-o", "link", "show", "type", "veth").stdout.split(":")[1].strip().split("@")[0]
         assert ip("-n", server_ns, "addr", "add", f"{EXTRA_ADDRESS}/24", "dev", veth).returncode == 0
 
-        async def updated() -> bool:
-            return "addresses changed" in announcer.log
-
-        await eventually(updated, what="the announcer to notice the new address")
+        await eventually(lambda: "addresses changed" in announcer.log, what="the announcer to notice the new address")
         found = discover_until(
             client_ns, name, tmp_path, lambda s: sorted(s["addresses"]) == [SERVER_ADDRESS, EXTRA_ADDRESS]
         )

@@ -178,9 +178,9 @@ async def test_serves_and_generates_without_writable_executable_memory(
             async with http.post("/tts/generate", json={"text": "No JIT."}, headers=headers) as response:
                 assert response.status == 202
 
-            async def generated() -> bool:
-                return len(fake.speech_calls) == 1 and "announcing" in server.log
-
-            await eventually(generated, what="one upstream call and the mDNS registration")
+            await eventually(
+                lambda: len(fake.speech_calls) == 1 and "announcing" in server.log,
+                what="one upstream call and the mDNS registration",
+            )
         assert await server.stop() == 0
     assert "Traceback" not in server.log
