@@ -18,18 +18,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from bench.loadgen import LoadResult, build_request, run_load
 from bench.servers import bench_settings, serve_reference, serve_speccyd
 from speccyd.blobs import Blobs
-from tests.fake_upstream import FakeUpstream
+from tests.conftest import generate, sign_in, wait_status
+from tests.fake_upstream import FakeUpstream, serve_fake
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO_SIZE = 1024 * 1024  # the 1 MB download
@@ -81,21 +80,9 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:]
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], seconds: float, what: str) -> Any:
-    """Poll until `check` returns something truthy; give up after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {seconds:.0f}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @dataclass
 class Prepared:
-    token: str
+    auth: dict[str, str]  # the Authorization header of the signed-in bench user
     file_id: str
     answer: dict[str, Any]  # speccyd's cache-hit response, which the reference answers verbatim
 
@@ -104,19 +91,10 @@ async def prepare(port: int, fake: FakeUpstream) -> Prepared:
     """Create the 1 MB file the way a client does: sign in, generate, wait until ready, check the bytes."""
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession(base) as http:
-        async with http.post("/auth/verify", json={"openai_token": "sk-test-bench"}) as r:
-            assert r.status == 200, await r.text()
-            token = (await r.json())["session_token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        async with http.post("/tts/generate", json=GENERATE_BODY, headers=auth) as r:
-            assert r.status == 202, await r.text()
-            first = await r.json()
-
-        async def ready() -> bool:
-            async with http.get(f"/tts/{first['content_hash']}/status", headers=auth) as r:
-                return bool((await r.json())["status"] == "ready")
-
-        await eventually(ready, 30, "the 1 MB generation")
+        auth = await sign_in(http, "sk-test-bench")
+        status, first = await generate(http, auth, **GENERATE_BODY)
+        assert status == 202, first
+        await wait_status(http, auth, first["content_hash"], timeout=30)
         async with http.get(f"/files/{first['file_id']}", headers=auth) as r:
             assert r.status == 200, await r.text()
             audio = await r.read()
@@ -125,7 +103,7 @@ async def prepare(port: int, fake: FakeUpstream) -> Prepared:
             assert r.status == 200, await r.text()
             answer = await r.json()
     assert len(fake.speech_calls) == 1, "the cache hit called the upstream"
-    return Prepared(token, first["file_id"], answer)
+    return Prepared(auth, first["file_id"], answer)
 
 
 @dataclass
@@ -258,10 +236,7 @@ async def bench(args: argparse.Namespace) -> bool:
     data_dir = workdir / "data"
     log = workdir / "servers.log"
     fake = FakeUpstream(audio_size=AUDIO_SIZE, chunk_size=64 * 1024)
-    upstream = web.AppRunner(fake.app(), access_log=None)
-    await upstream.setup()
-    await web.TCPSite(upstream, "127.0.0.1", 0).start()
-    upstream_url = f"http://127.0.0.1:{upstream.addresses[0][1]}/v1"
+    upstream, upstream_url = await serve_fake(fake)
     servers: list[Server] = []
     try:
         speccyd = await start_server("speccyd", ["--role", "speccyd", str(data_dir), upstream_url], log)
@@ -278,7 +253,7 @@ async def bench(args: argparse.Namespace) -> bool:
             f" of {args.downloads} downloads / {args.hits} cache hits, {os.cpu_count()} cpus, load {_load()}"
         )
         print("load generator: raw asyncio HTTP/1.1 keep-alive client (bench/loadgen.py)")
-        auth = {"Authorization": f"Bearer {prepared.token}"}
+        auth = prepared.auth
         json_headers = {**auth, "Content-Type": "application/json"}
         body = json.dumps(GENERATE_BODY).encode()
 

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from speccyd.chunking import split_text
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, serve_fake
 
 HOST = "127.0.0.1"  # loopback only
 KEY = "sk-test-bench"
@@ -160,11 +159,7 @@ def row(name: str, value: str, goal: str, ok: bool) -> None:
 
 async def main(quick: bool) -> int:
     fake = FakeUpstream(latency=LATENCY, audio_size=48_000, chunk_size=4_000, chunk_delay=0.02)
-    runner = web.AppRunner(fake.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    upstream = f"http://{HOST}:{runner.addresses[0][1]}/v1"
+    runner, upstream = await serve_fake(fake, HOST)
     missed = 0
     with tempfile.TemporaryDirectory(prefix="speccyd-bench-") as tmp:
         server = Speccyd(Path(tmp) / "data", upstream)

@@ -63,6 +63,14 @@ def open_store(settings: Settings) -> Any:
         fail(str(e))
 
 
+def find_user(store: Any, prefix: str, option: str = "") -> str:
+    """The one user whose id starts with `prefix`; exit 2 when none or several do."""
+    matches = store.find_users(prefix)
+    if len(matches) != 1:
+        fail(f"{option}{prefix!r} matches {len(matches)} users; give more of the id (see `speccyd users list`)", 2)
+    return str(matches[0])
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"speccyd {__version__}")
@@ -168,7 +176,7 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Files, storage, generations, cache hits and estimated cost, per user and per model."""
-    from speccyd.costs import by_user, price_table, summarize
+    from speccyd.costs import price_table, usage_report
 
     try:
         window = parse_duration(since)
@@ -183,51 +191,11 @@ def usage(
     finally:
         store.close()
     prices = price_table(settings)
-    per_user = by_user(lines, prices)
-    overall = summarize(lines, prices)
-
-    def figures(s: Any) -> dict[str, Any]:
-        return {
-            "generations": s.generations,
-            "characters": s.characters,
-            "tokens": s.tokens,
-            "cache_hits": s.cache_hits,
-            "cached_characters": s.cached_characters,
-            "cache_hit_ratio": None if s.cache_hit_ratio is None else round(s.cache_hit_ratio, 4),
-            "estimated_cost_usd": round(s.cost_usd, 4),
-            "saved_cost_usd": round(s.saved_usd, 4),
-        }
-
-    empty = summarize([], prices)
-    users = [
-        {
-            "user_id": r.user_id,
-            "first_seen": _iso(r.first_seen),
-            "last_seen": _iso(r.last_seen),
-            "files": r.files_count,
-            "storage_mb": round(r.storage_bytes / 1_000_000, 3),
-            "generated_today": r.generated_today,
-            "characters_today": r.characters_today,
-            **figures(per_user.get(r.user_id, empty)),
-        }
-        for r in rows
-    ]
-    models = [
-        {"model": m.model, **figures(summarize([x for x in lines if x.model == m.model], prices))}
-        for m in sorted(overall.models.values(), key=lambda m: m.model)
-    ]
-    totals = {
-        "users": len(users),
-        "files": sum(u["files"] for u in users),
-        "storage_mb": round(sum(u["storage_mb"] for u in users), 3),
-        "generated_today": sum(u["generated_today"] for u in users),
-        "characters_today": sum(u["characters_today"] for u in users),
-        **figures(overall),
-    }
-    report = {"since": since, "prices_usd_per_million_chars": prices, "users": users, "models": models}
+    report = {"since": since, **usage_report(rows, lines, prices)}
     if as_json:
-        typer.echo(json.dumps({**report, "totals": totals}, indent=2))
+        typer.echo(json.dumps(report, indent=2))
         return
+    users, models, totals = report["users"], report["models"], report["totals"]
     from rich.console import Console
     from rich.table import Table
 
@@ -292,12 +260,7 @@ def purge(
             fail(f"--older-than: {e}", 2)
     store = open_store(settings)
     try:
-        user_id = None
-        if user is not None:
-            matches = store.find_users(user)
-            if len(matches) != 1:
-                fail(f"--user {user!r} matches {len(matches)} users", 2)
-            user_id = matches[0]
+        user_id = None if user is None else find_user(store, user, "--user ")
         what = PurgeFilter(
             expired=expired or not (everything or user_id or age),
             all=everything,
@@ -349,12 +312,15 @@ def _purge_with_progress(store: Any, settings: Settings, what: Any, now: float, 
         return list(run_purge(store, blobs, what, now, progress=lambda rows: bar.advance(task, len(rows))))
 
 
+def removed_line(removed: list[Any]) -> str:
+    return f"removed {len(removed)} files, {sum(r.size_bytes or 0 for r in removed) / 1_000_000:.1f} MB"
+
+
 def _purge_summary(removed: list[Any], seconds: float) -> None:
-    size = sum(r.size_bytes or 0 for r in removed) / 1_000_000
     users: dict[str, int] = {}
     for row in removed:
         users[row.user_id] = users.get(row.user_id, 0) + 1
-    typer.echo(f"removed {len(removed)} files, {size:.1f} MB")
+    typer.echo(removed_line(removed))
     if removed:
         most = ", ".join(f"{u[:8]} ({n})" for u, n in sorted(users.items(), key=lambda kv: -kv[1])[:5])
         typer.echo(f"  {len(users)} users: {most}{', ...' if len(users) > 5 else ''}; took {seconds:.1f}s")
@@ -515,95 +481,10 @@ def discover(
     Console().print(table)
 
 
-service_app = typer.Typer(
-    help="Start speccyd at boot with systemd (Linux) or launchd (macOS).", no_args_is_help=True, rich_markup_mode=None
-)
-app.add_typer(service_app, name="service")
+# Register `speccyd users ...` and `speccyd service ...`; imported last because they use the helpers above.
+from speccyd import cli_service, cli_users  # noqa: E402
 
-Scope = Annotated[
-    bool | None,
-    typer.Option(
-        "--system/--user", help="A boot-time system service, or one for your user.", show_default="--system as root"
-    ),
-]
-Platform = Annotated[str | None, typer.Option("--platform", hidden=True, help="systemd or launchd (tests).")]
-
-
-def _service_plan(system: bool | None, data_dir: Path | None, platform: str | None) -> Any:
-    import os
-
-    from speccyd.service import current_platform, plan_install, running_command
-
-    if system is None:
-        system = os.geteuid() == 0
-    try:
-        return plan_install(platform or current_platform(), system, data_dir, running_command())
-    except ValueError as e:
-        fail(str(e), 2)
-
-
-@service_app.command("install")
-def service_install(
-    system: Scope = None,
-    data_dir: DataDir = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the file instead of writing it.")] = False,
-    platform: Platform = None,
-) -> None:
-    """Write the service file for this machine, pointing at this speccyd and data dir."""
-    from speccyd.service import install
-
-    plan = _service_plan(system, data_dir, platform)
-    if dry_run:
-        # The file alone on stdout (`... --dry-run > speccyd.service` works); everything else on stderr.
-        typer.echo(plan.text, nl=False)
-        typer.echo(f"# would write {plan.path}", err=True)
-    else:
-        try:
-            install(plan)
-        except OSError as e:
-            fail(f"cannot write {plan.path}: {e.strerror or e} (a system service needs root)")
-        typer.echo(f"wrote {plan.path}")
-    for note in plan.notes:
-        typer.echo(f"# {note}", err=dry_run)
-    typer.echo("# to start it now and at every boot:", err=dry_run)
-    for command in plan.enable:
-        typer.echo(command, err=dry_run)
-
-
-@service_app.command("uninstall")
-def service_uninstall(
-    system: Scope = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
-    platform: Platform = None,
-) -> None:
-    """Remove the service file written by `service install` (the data dir is kept)."""
-    plan = _service_plan(system, None, platform)
-    typer.echo("# if it is running, stop it and keep it from starting at boot:")
-    for command in plan.disable:
-        typer.echo(command)
-    if not plan.path.exists():
-        typer.echo(f"{plan.path} does not exist; nothing to remove")
-        return
-    if dry_run:
-        typer.echo(f"would remove {plan.path}")
-        return
-    try:
-        plan.path.unlink()
-    except OSError as e:
-        fail(f"cannot remove {plan.path}: {e.strerror or e}")
-    typer.echo(f"removed {plan.path}")
-
-
-def _iso(timestamp: float) -> str:
-    from speccyd.timeutil import iso
-
-    return iso(timestamp) or ""
-
-
-# Registers `speccyd users ...`; imported last because it uses the helpers above.
-from speccyd import cli_users  # noqa: E402
-
-__all__ = ["app", "cli_users", "main"]
+__all__ = ["app", "cli_service", "cli_users", "main"]
 
 
 def main() -> None:

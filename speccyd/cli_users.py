@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from speccyd.cli import DataDir, app, fail, open_store, settings_for
+from speccyd.cli import DataDir, app, fail, find_user, open_store, removed_line, settings_for
 from speccyd.timeutil import iso
 
 
@@ -18,13 +18,6 @@ def _iso(timestamp: float) -> str:
 
 users_app = typer.Typer(help="List, inspect, limit and sign out users.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
-
-
-def _find_user(store: Any, prefix: str) -> str:
-    matches = store.find_users(prefix)
-    if len(matches) != 1:
-        fail(f"{prefix!r} matches {len(matches)} users; give more of the id (see `speccyd users list`)", 2)
-    return str(matches[0])
 
 
 def _limit_text(override: int | None, default: int, size: bool = False) -> str:
@@ -83,26 +76,23 @@ def users_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """One user: activity, storage, usage over 30 days with estimated cost, and effective limits."""
-    from speccyd.costs import price_table, summarize
+    from speccyd.costs import WINDOW_30D, price_table, summarize
 
     settings = settings_for(data_dir)
     store = open_store(settings)
     now = time.time()
     try:
-        user_id = _find_user(store, user)
+        user_id = find_user(store, user)
         info = store.user_infos(user_id)[0]
         today = store.user_usage(user_id, now)
-        month = summarize(store.usage_lines(now - 30 * 86400, user_id), price_table(settings))
+        month = summarize(store.usage_lines(now - WINDOW_30D, user_id), price_table(settings))
     finally:
         store.close()
     o = info.overrides
     data = {
         **_user_json(info),
         "characters_today": today.characters_today if today else 0,
-        "characters_30d": month.characters,
-        "cache_hits_30d": month.cache_hits,
-        "estimated_cost_30d_usd": round(month.cost_usd, 4),
-        "saved_cost_30d_usd": round(month.saved_usd, 4),
+        **month.figures_30d(),
     }
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -140,15 +130,14 @@ def users_revoke(
     settings = settings_for(data_dir)
     store = open_store(settings)
     try:
-        user_id = _find_user(store, user)
+        user_id = find_user(store, user)
         if purge_files and not yes:
             typer.confirm(f"End every session of {user_id} and delete all of their audio?", abort=True)
         store.revoke_sessions(user_id, time.time())
         typer.echo(f"ended every session of {user_id} (effective in a running server within {REFRESH:g}s)")
         if purge_files:
             removed = run_purge(store, Blobs(settings.audio_dir), PurgeFilter(user_id=user_id), time.time())
-            size = sum(r.size_bytes or 0 for r in removed) / 1_000_000
-            typer.echo(f"removed {len(removed)} files, {size:.1f} MB")
+            typer.echo(removed_line(removed))
     finally:
         store.close()
 
@@ -192,7 +181,7 @@ def users_limit(
     settings = settings_for(data_dir)
     store = open_store(settings)
     try:
-        user_id = _find_user(store, user)
+        user_id = find_user(store, user)
         store.set_limits(user_id, changes)
         o = store.user_overrides(user_id)
     finally:

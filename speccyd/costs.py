@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from speccyd.settings import Settings
-from speccyd.store import UsageLine
+from speccyd.store import UsageLine, UserUsage
+from speccyd.timeutil import iso
+
+# The window of every "30 days" figure: /user/usage, `speccyd users show` and the cache hit ratio gauge.
+WINDOW_30D = 30 * 86400
 
 
 def price_table(settings: Settings) -> dict[str, float]:
@@ -84,6 +89,29 @@ class UsageSummary:
         requests = self.generations + self.cache_hits
         return None if requests == 0 else self.cache_hits / requests
 
+    def figures(self) -> dict[str, Any]:
+        """The figures `speccyd usage` reports per user, per model and in total."""
+        ratio = self.cache_hit_ratio
+        return {
+            "generations": self.generations,
+            "characters": self.characters,
+            "tokens": self.tokens,
+            "cache_hits": self.cache_hits,
+            "cached_characters": self.cached_characters,
+            "cache_hit_ratio": None if ratio is None else round(ratio, 4),
+            "estimated_cost_usd": round(self.cost_usd, 4),
+            "saved_cost_usd": round(self.saved_usd, 4),
+        }
+
+    def figures_30d(self) -> dict[str, Any]:
+        """The 30-day figures of /user/usage and `speccyd users show` (the summary must cover `WINDOW_30D`)."""
+        return {
+            "characters_30d": self.characters,
+            "cache_hits_30d": self.cache_hits,
+            "estimated_cost_30d_usd": round(self.cost_usd, 4),
+            "saved_cost_30d_usd": round(self.saved_usd, 4),
+        }
+
 
 def summarize(lines: Iterable[UsageLine], prices: dict[str, float]) -> UsageSummary:
     """Fold usage lines (any mix of users) into per-model figures with estimated cost and savings."""
@@ -109,3 +137,36 @@ def by_user(lines: Iterable[UsageLine], prices: dict[str, float]) -> dict[str, U
     for line in lines:
         grouped.setdefault(line.user_id, []).append(line)
     return {user_id: summarize(user_lines, prices) for user_id, user_lines in grouped.items()}
+
+
+def usage_report(rows: list[UserUsage], lines: list[UsageLine], prices: dict[str, float]) -> dict[str, Any]:
+    """`speccyd usage`: every user's storage, today's activity and window figures, then per model, then totals."""
+    per_user = by_user(lines, prices)
+    overall = summarize(lines, prices)
+    empty = summarize([], prices)
+    users = [
+        {
+            "user_id": r.user_id,
+            "first_seen": iso(r.first_seen),
+            "last_seen": iso(r.last_seen),
+            "files": r.files_count,
+            "storage_mb": round(r.storage_bytes / 1_000_000, 3),
+            "generated_today": r.generated_today,
+            "characters_today": r.characters_today,
+            **per_user.get(r.user_id, empty).figures(),
+        }
+        for r in rows
+    ]
+    models = [
+        {"model": m.model, **summarize([x for x in lines if x.model == m.model], prices).figures()}
+        for m in sorted(overall.models.values(), key=lambda m: m.model)
+    ]
+    totals = {
+        "users": len(users),
+        "files": sum(u["files"] for u in users),
+        "storage_mb": round(sum(u["storage_mb"] for u in users), 3),
+        "generated_today": sum(u["generated_today"] for u in users),
+        "characters_today": sum(u["characters_today"] for u in users),
+        **overall.figures(),
+    }
+    return {"prices_usd_per_million_chars": prices, "users": users, "models": models, "totals": totals}

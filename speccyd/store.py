@@ -1,4 +1,4 @@
-"""All SQL lives here: the schema, its migrations, and every query speccyd makes.
+"""All SQL lives here: every query speccyd makes (the schema's migrations are in `migrations.py`).
 
 The server uses one connection on one dedicated thread (`Store.run`), so the event loop never waits for
 SQLite and writes are serialised without lock contention inside the process. The CLI opens its own
@@ -14,11 +14,52 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from speccyd.errors import StorageFull
+from speccyd.migrations import MIGRATIONS, SCHEMA_VERSION
+from speccyd.records import (
+    ChangePage,
+    Claim,
+    CursorTooOld,
+    FileRow,
+    Hit,
+    LimitOverrides,
+    Limits,
+    NewFile,
+    PurgeFilter,
+    QuotaExceeded,
+    Tombstone,
+    UsageLine,
+    UserInfo,
+    UserUsage,
+)
+
+# The records and migrations are re-exported: callers import the storage layer from one place.
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "ChangePage",
+    "Claim",
+    "CursorTooOld",
+    "FileRow",
+    "Hit",
+    "LimitOverrides",
+    "Limits",
+    "NewFile",
+    "PurgeFilter",
+    "QuotaExceeded",
+    "Store",
+    "StoreError",
+    "Tombstone",
+    "UnknownUser",
+    "UsageLine",
+    "UserInfo",
+    "UserUsage",
+    "quarantine",
+    "quick_check",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,284 +74,6 @@ class StoreError(Exception):
 
 class UnknownUser(Exception):
     """A signed session names a user the database does not have (removed, or the database was reset)."""
-
-
-def _m1_initial(db: sqlite3.Connection) -> None:
-    statements = [
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        """CREATE TABLE users (
-            id TEXT PRIMARY KEY,
-            key_hash TEXT NOT NULL UNIQUE,
-            key_enc BLOB NOT NULL,
-            created_at REAL NOT NULL,
-            last_seen REAL NOT NULL
-        )""",
-        """CREATE TABLE audio_files (
-            id TEXT PRIMARY KEY,
-            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-            content_hash TEXT NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('generating', 'ready', 'failed')),
-            model TEXT NOT NULL,
-            voice TEXT NOT NULL,
-            format TEXT NOT NULL,
-            speed REAL NOT NULL,
-            instructions TEXT,
-            text TEXT NOT NULL,
-            characters INTEGER NOT NULL,
-            size_bytes INTEGER,
-            sha256 TEXT,
-            error TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            expires_at REAL NOT NULL
-        )""",
-        # One row per user and content: dedup is a constraint, not a hope.
-        "CREATE UNIQUE INDEX audio_files_user_hash ON audio_files(user_id, content_hash)",
-        "CREATE INDEX audio_files_expires ON audio_files(expires_at)",
-        "CREATE INDEX audio_files_status ON audio_files(status)",
-        # What was generated or served from cache, kept after the audio expires (usage, cost).
-        """CREATE TABLE usage_log (
-            id INTEGER PRIMARY KEY,
-            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-            at REAL NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ('generated', 'cache_hit')),
-            model TEXT NOT NULL,
-            characters INTEGER NOT NULL
-        )""",
-        "CREATE INDEX usage_log_user_at ON usage_log(user_id, at)",
-    ]
-    # execute, not executescript: executescript commits first, which would break the migration's transaction.
-    for statement in statements:
-        db.execute(statement)
-    db.execute("INSERT INTO meta (key, value) VALUES ('server_id', ?)", (str(uuid.uuid4()),))
-
-
-def _m2_change_log(db: sqlite3.Connection) -> None:
-    """A change sequence for device sync: every insert, update and delete of a file takes the next number.
-
-    Triggers do the bookkeeping, so every writer (claim, mark_ready, delete, purge, cleanup, the CLI, a
-    user's ON DELETE CASCADE) records its change in the same transaction without knowing about sync.
-    """
-    # Seconds since the epoch; unixepoch('subsec') needs SQLite 3.42, Debian 12 ships 3.40.
-    now = "((julianday('now') - 2440587.5) * 86400.0)"
-    statements = [
-        "CREATE TABLE change_clock (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
-        "ALTER TABLE audio_files ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
-        # Existing files get sequence numbers in creation order, so a first sync lists them oldest first.
-        """UPDATE audio_files SET seq = (
-            SELECT count(*) FROM audio_files o
-            WHERE o.created_at < audio_files.created_at
-               OR (o.created_at = audio_files.created_at AND o.id <= audio_files.id))""",
-        "INSERT INTO change_clock (id, seq) SELECT 1, count(*) FROM audio_files",
-        "CREATE INDEX audio_files_user_seq ON audio_files(user_id, seq)",
-        """CREATE TABLE tombstones (
-            seq INTEGER PRIMARY KEY,
-            user_id TEXT NOT NULL,
-            file_id TEXT NOT NULL,
-            content_hash TEXT NOT NULL,
-            reason TEXT NOT NULL CHECK (reason IN ('deleted', 'expired')),
-            at REAL NOT NULL
-        )""",
-        "CREATE INDEX tombstones_user_seq ON tombstones(user_id, seq)",
-        """CREATE TRIGGER audio_files_seq_insert AFTER INSERT ON audio_files BEGIN
-            UPDATE change_clock SET seq = seq + 1;
-            UPDATE audio_files SET seq = (SELECT seq FROM change_clock) WHERE id = NEW.id;
-        END""",
-        # The WHEN clause skips the trigger's own seq update (and the insert trigger's).
-        """CREATE TRIGGER audio_files_seq_update AFTER UPDATE ON audio_files WHEN NEW.seq = OLD.seq BEGIN
-            UPDATE change_clock SET seq = seq + 1;
-            UPDATE audio_files SET seq = (SELECT seq FROM change_clock) WHERE id = NEW.id;
-        END""",
-        f"""CREATE TRIGGER audio_files_tombstone AFTER DELETE ON audio_files BEGIN
-            UPDATE change_clock SET seq = seq + 1;
-            INSERT INTO tombstones (seq, user_id, file_id, content_hash, reason, at) VALUES (
-                (SELECT seq FROM change_clock), OLD.user_id, OLD.id, OLD.content_hash,
-                CASE WHEN OLD.status != 'generating' AND OLD.expires_at <= {now} THEN 'expired' ELSE 'deleted' END,
-                {now});
-        END""",
-    ]
-    for statement in statements:
-        db.execute(statement)
-
-
-def _m3_accounting(db: sqlite3.Connection) -> None:
-    """Tokens billed (when the upstream reports them), session revocation, per-user limit overrides."""
-    statements = [
-        "ALTER TABLE usage_log ADD COLUMN tokens INTEGER",
-        # A session token issued at or before this time (epoch seconds) is refused: `speccyd users revoke`.
-        "ALTER TABLE users ADD COLUMN sessions_valid_after REAL NOT NULL DEFAULT 0",
-        # NULL: the server-wide setting applies; 0: no limit for this user; N: this user's own limit.
-        "ALTER TABLE users ADD COLUMN limit_daily_chars INTEGER",
-        "ALTER TABLE users ADD COLUMN limit_storage_bytes INTEGER",
-        "ALTER TABLE users ADD COLUMN limit_max_files INTEGER",
-        "CREATE INDEX usage_log_at ON usage_log(at)",
-    ]
-    for statement in statements:
-        db.execute(statement)
-
-
-# Append only: a migration that has shipped is never edited, and its position is its version.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_change_log, _m3_accounting]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: str
-    user_id: str
-    content_hash: str
-    status: str
-    model: str
-    voice: str
-    format: str
-    speed: float
-    instructions: str | None
-    text: str
-    characters: int
-    size_bytes: int | None
-    sha256: str | None
-    error: str | None
-    created_at: float
-    updated_at: float
-    expires_at: float
-
-    def is_expired(self, now: float) -> bool:
-        return self.status != "generating" and self.expires_at <= now
-
-
-@dataclass(frozen=True)
-class NewFile:
-    """What a generation request asks for; the row is created from it."""
-
-    content_hash: str
-    model: str
-    voice: str
-    format: str
-    speed: float
-    instructions: str | None
-    text: str
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of asking for audio: an existing row, or a new generation to start."""
-
-    row: FileRow
-    created: bool
-    replaced: FileRow | None  # an old failed or expired row whose audio file must now be removed
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A cache hit answered from memory, written later by `record_hits`."""
-
-    file_id: str
-    user_id: str
-    model: str
-    characters: int
-    at: float
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class UserUsage:
-    user_id: str
-    first_seen: float
-    last_seen: float
-    files_count: int
-    storage_bytes: int
-    generated_today: int
-    characters_today: int
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-user limits; 0 means none. As overrides, None means "the server-wide setting"."""
-
-    daily_chars: int
-    storage_bytes: int
-    max_files: int
-
-
-@dataclass(frozen=True)
-class LimitOverrides:
-    daily_chars: int | None = None
-    storage_bytes: int | None = None
-    max_files: int | None = None
-
-    def apply(self, defaults: Limits) -> Limits:
-        return Limits(
-            defaults.daily_chars if self.daily_chars is None else self.daily_chars,
-            defaults.storage_bytes if self.storage_bytes is None else self.storage_bytes,
-            defaults.max_files if self.max_files is None else self.max_files,
-        )
-
-
-class QuotaExceeded(Exception):
-    """A new generation would go over one of the user's limits; nothing was written."""
-
-    def __init__(self, limit: str, allowed: int, used: int, frees_at: float | None) -> None:
-        super().__init__(f"{limit} quota exceeded")
-        self.limit = limit  # "daily_chars", "storage" or "max_files"
-        self.allowed = allowed
-        self.used = used
-        self.frees_at = frees_at  # when the oldest kept file expires (storage and file limits)
-
-
-@dataclass(frozen=True)
-class UsageLine:
-    """Usage events of one user, model and kind ('generated' or 'cache_hit') in a time window."""
-
-    user_id: str
-    model: str
-    kind: str
-    events: int
-    characters: int
-    tokens: int | None
-
-
-@dataclass(frozen=True)
-class UserInfo:
-    user_id: str
-    created_at: float
-    last_seen: float
-    files_count: int
-    storage_bytes: int
-    sessions_valid_after: float
-    overrides: LimitOverrides
-
-
-@dataclass(frozen=True)
-class PurgeFilter:
-    expired: bool = False
-    all: bool = False
-    user_id: str | None = None
-    older_than: float | None = None  # seconds
-
-
-@dataclass(frozen=True)
-class Tombstone:
-    """A file that is gone (deleted by its user or a purge, or expired), as device sync reports it."""
-
-    seq: int
-    file_id: str
-    content_hash: str
-    reason: str
-    at: float
-
-
-@dataclass(frozen=True)
-class ChangePage:
-    """One page of a user's library changes, in change order."""
-
-    files: list[tuple[int, FileRow]]  # (seq, row)
-    tombstones: list[Tombstone]
-    next_cursor: int
-    has_more: bool
-
-
-class CursorTooOld(Exception):
-    """The cursor is older than the oldest kept tombstone, or newer than anything this database wrote."""
 
 
 TOMBSTONES_PRUNED = "tombstones_pruned_seq"

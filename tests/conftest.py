@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
+import sqlite3
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -11,15 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from speccyd.app import create_app
+from speccyd.migrations import MIGRATIONS
 from speccyd.settings import Settings, load_settings
 from tests.fake_upstream import CLIP_RATE, FakeUpstream, ffmpeg_available, make_clips
 
 AppClient = TestClient[web.Request, web.Application]
+# The in-process test client, or a session with `base_url` talking to a `speccyd serve` process.
+Http = AppClient | aiohttp.ClientSession
 
 # Fast retries and no mDNS; everything else at its documented default unless a test says otherwise.
 TEST_OVERRIDES: dict[str, object] = {
@@ -76,7 +82,7 @@ async def client(make_client: Callable[..., Awaitable[AppClient]]) -> AppClient:
     return await make_client()
 
 
-async def sign_in(client: AppClient, key: str = "sk-test-alice") -> dict[str, str]:
+async def sign_in(client: Http, key: str = "sk-test-alice") -> dict[str, str]:
     """Authorization headers for a fresh session of the user who owns `key`."""
     response = await client.post("/auth/verify", json={"openai_token": key})
     assert response.status == 200, await response.text()
@@ -84,11 +90,13 @@ async def sign_in(client: AppClient, key: str = "sk-test-alice") -> dict[str, st
     return {"Authorization": f"Bearer {body['session_token']}"}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds, never sleep blindly."""
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `check` (plain or async) until it returns something truthy; fail after `timeout` s, never sleep blindly."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await check()
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:
@@ -96,20 +104,20 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
         await asyncio.sleep(0.01)
 
 
-async def generate(client: AppClient, headers: dict[str, str], **body: Any) -> tuple[int, dict[str, Any]]:
+async def generate(client: Http, headers: dict[str, str], **body: Any) -> tuple[int, dict[str, Any]]:
     response = await client.post("/tts/generate", json={"text": "Hello there.", **body}, headers=headers)
     return response.status, await response.json()
 
 
 async def wait_status(
-    client: AppClient, headers: dict[str, str], content_hash: str, wanted: str = "ready"
+    client: Http, headers: dict[str, str], content_hash: str, wanted: str = "ready", timeout: float = 10.0
 ) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         response = await client.get(f"/tts/{content_hash}/status", headers=headers)
         body: dict[str, Any] = await response.json()
         return body if body.get("status") == wanted else None
 
-    result: dict[str, Any] = await eventually(check, what=f"status {wanted}")
+    result: dict[str, Any] = await eventually(check, timeout, what=f"status {wanted}")
     return result
 
 
@@ -140,6 +148,15 @@ def decode(data: bytes, fmt: str, directory: Path) -> Decoded:
     )
     errors = result.stderr.decode(errors="replace") + ("" if result.returncode == 0 else f"exit {result.returncode}")
     return Decoded(len(result.stdout) / 2 / CLIP_RATE, errors)
+
+
+def old_database(path: Path, version: int) -> sqlite3.Connection:
+    """An autocommit connection to a new database as release `version` left it: its first `version` migrations."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for migrate in MIGRATIONS[:version]:
+        migrate(db)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
 
 
 @pytest.fixture

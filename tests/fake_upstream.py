@@ -67,6 +67,14 @@ _FFMPEG_OUTPUT = {
 }
 
 
+async def serve_fake(fake: FakeUpstream, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
+    """Serve `fake` on a free port outside pytest (benchmarks): its runner, to clean up, and its /v1 URL."""
+    runner = web.AppRunner(fake.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner, f"http://{host}:{runner.addresses[0][1]}/v1"
+
+
 def ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 

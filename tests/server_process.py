@@ -1,4 +1,4 @@
-"""The real `speccyd serve` as a subprocess: start it, find its port, kill it, read its log."""
+"""The real `speccyd` as a child process: a clean environment, its output in a log file, its bound URL."""
 
 from __future__ import annotations
 
@@ -8,21 +8,36 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-_LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+from tests.conftest import eventually
+
+# The installed console script, for tests that run `speccyd` exactly as a user would.
+SPECCYD = Path(sys.executable).with_name("speccyd")
+_PYTHON_SPECCYD = (sys.executable, "-m", "speccyd")
+_LISTENING = re.compile(r"listening on (https?)://([^\s:]+):(\d+)")
 
 
-def speccyd_env(upstream_url: str, **extra: str) -> dict[str, str]:
-    """The process environment: nothing of the machine's SPECCY_/OPENAI_ settings leaks in."""
+def settings_env(**settings: object) -> dict[str, str]:
+    """The SPECCY_<KEY> variables that set the given settings."""
+    return {f"SPECCY_{key.upper()}": str(value) for key, value in settings.items()}
+
+
+# mDNS on, but bound to loopback: tests never multicast on the machine's real interfaces.
+LOOPBACK_MDNS = settings_env(mdns="on", mdns_interfaces="127.0.0.1")
+
+
+def clean_env(**settings: object) -> dict[str, str]:
+    """This process's environment without any SPECCY_/OPENAI_ variable, plus the given settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPECCY_", "OPENAI_"))}
-    env.update(
-        SPECCY_OPENAI_BASE_URL=upstream_url,
-        SPECCY_MDNS="off",
-        SPECCY_RETRY_BACKOFF="10ms",
-        SPECCY_RATE_LIMIT="off",
-    )
+    env.update(settings_env(**settings))
+    return env
+
+
+def speccyd_env(upstream_url: str = "http://127.0.0.1:9/v1", **extra: str) -> dict[str, str]:
+    """A clean environment with the test defaults (fake upstream, no mDNS, fast retries); `extra` variables win."""
+    env = clean_env(openai_base_url=upstream_url, mdns="off", retry_backoff="10ms", rate_limit="off")
     env.update(extra)
     return env
 
@@ -33,7 +48,7 @@ def run_cli(
     """Run `speccyd ARGS [--data-dir D]` to completion and capture its output."""
     data_args = ["--data-dir", str(data_dir)] if data_dir is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "speccyd", *args, *data_args],
+        [*_PYTHON_SPECCYD, *args, *data_args],
         env=speccyd_env(upstream_url),
         input=input,
         capture_output=True,
@@ -44,7 +59,12 @@ def run_cli(
 
 
 class ServerProcess:
-    """One run of the server; its stderr is appended to `log_path` so a whole test's log can be grepped."""
+    """`speccyd serve` as a child process; its output is appended to `log_path` so a test's whole log can be read.
+
+    `env` adds variables to the test environment (`speccyd_env`), `executable` replaces `python -m speccyd`
+    (the binary, the console script), `prefix` wraps the command (`ip netns exec NS`, `unshare -m ...`), and
+    `args` follow `serve`. `url` and `port` are known once the server logs the address it bound.
+    """
 
     def __init__(
         self,
@@ -52,29 +72,42 @@ class ServerProcess:
         upstream_url: str,
         log_path: Path,
         *,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        executable: Sequence[str] = _PYTHON_SPECCYD,
         prefix: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> None:
-        self.data_dir = data_dir
-        self.upstream_url = upstream_url
+        serve = [*executable, "serve", "--data-dir", str(data_dir), "--host", host, "--port", "0", *args]
+        self.argv = [*prefix, *serve]
+        self.env = speccyd_env(upstream_url, **(env or {}))
         self.log_path = log_path
-        self.env = env or {}
         self.prefix = list(prefix)
+        self.cwd: Path | None = None
+        self.ready = _LISTENING
         self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._pump: asyncio.Task[None] | None = None
+        self.url = ""
+
+    @classmethod
+    def command(
+        cls, argv: Sequence[str], log_path: Path, *, env: dict[str, str], ready: str, cwd: Path | None = None
+    ) -> ServerProcess:
+        """Any long-running command (a helper announcer, say), ready once its log contains `ready`."""
+        process = cls.__new__(cls)
+        process.argv, process.env, process.log_path, process.prefix = list(argv), env, log_path, []
+        process.cwd, process.ready, process.proc, process.url = cwd, re.compile(re.escape(ready)), None, ""
+        return process
 
     async def __aenter__(self) -> ServerProcess:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Whatever happened in the test, no server outlives it."""
-        if self.proc is not None and self.proc.returncode is None:
-            await self.kill()
+        await self.kill()
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
     @property
     def process(self) -> asyncio.subprocess.Process:
@@ -83,58 +116,53 @@ class ServerProcess:
 
     @property
     def log(self) -> str:
-        return self.log_path.read_text()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def start(self, timeout: float = 20.0) -> None:
-        env = speccyd_env(self.upstream_url, **self.env)
-        argv = [sys.executable, "-m", "speccyd", "serve", "--data-dir", str(self.data_dir)]
-        argv += ["--host", "127.0.0.1", "--port", "0"]
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.prefix, *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pump = asyncio.create_task(self._read_log(found))
-        try:
-            self.port = await asyncio.wait_for(asyncio.shield(found), timeout)
-        except TimeoutError:
-            await self.kill()
-            raise AssertionError(f"server did not start in {timeout}s; log:\n{self.log_path.read_text()}") from None
-
-    async def _read_log(self, found: asyncio.Future[int]) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+    async def start(self, timeout: float = 30.0) -> ServerProcess:
+        """Start, and wait until the log of this run shows it is ready (by default: the line naming its port)."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
-            async for line in self.proc.stderr:
-                log.write(line)
-                log.flush()
-                match = _LISTENING.search(line)
-                if match and not found.done():
-                    found.set_result(int(match.group(1)))
-        if not found.done():
-            found.set_exception(AssertionError(f"server exited before listening:\n{self.log_path.read_text()}"))
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
 
-    async def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        code = await self.proc.wait()
-        if self._pump is not None:
-            await self._pump
-        return code
+        async def started() -> re.Match[str] | None:
+            if self.process.returncode is not None:
+                raise AssertionError(f"{self.argv[0]} exited with {self.process.returncode}:\n{self.log}")
+            return self.ready.search(self.log[offset:])
+
+        try:
+            match = await eventually(started, timeout=timeout, what=f"{self.ready.pattern!r} in the log")
+        except AssertionError as error:
+            await self.kill()
+            raise AssertionError(f"{error}; log:\n{self.log}") from None
+        if self.ready is _LISTENING:
+            self.url = f"{match.group(1)}://{match.group(2)}:{match.group(3)}"
+        return self
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send `sig`, then the exit code; killed, and the test failed, if it does not exit within `timeout`."""
+        proc = self.process
+        if proc.returncode is None:
+            proc.send_signal(sig)
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"{self.argv[0]} did not exit within {timeout}s of signal {sig}") from None
+
+    async def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """Like `stop`, SIGKILL by default; nothing to do (None) if it never started."""
+        return None if self.proc is None else await self.stop(sig)
 
     def path(self, inside: Path) -> Path:
         """`inside` as the server sees it: through /proc when it runs in its own mount namespace."""
         if not self.prefix:
             return inside
-        assert self.proc is not None
-        return Path(f"/proc/{self.proc.pid}/root") / inside.relative_to("/")
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        """Send `sig` and wait (bounded) for the exit code."""
-        return await asyncio.wait_for(self.kill(sig), timeout)
+        return Path(f"/proc/{self.process.pid}/root") / inside.relative_to("/")
 
 
 async def start_server(data_dir: Path, upstream_url: str, log_path: Path, **env: str) -> ServerProcess:
-    """A started `speccyd serve` on 127.0.0.1 with a free port; `env` adds SPECCY_ settings."""
-    server = ServerProcess(data_dir, upstream_url, log_path, env=env)
-    await server.start()
-    return server
+    """A started `speccyd serve` on 127.0.0.1 with a free port; `env` adds SPECCY_ variables."""
+    return await ServerProcess(data_dir, upstream_url, log_path, env=env).start()

@@ -16,9 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
-from tests.process import ServerProcess, clean_env
+from tests.server_process import LOOPBACK_MDNS, ServerProcess, clean_env
 
 pytestmark = pytest.mark.binary
 
@@ -83,35 +83,21 @@ async def test_binary_serves_generates_and_stops(
     """The binary serves on loopback, announces on mDNS, generates and serves audio, and exits 0 on SIGTERM."""
     data_dir = tmp_path / "data"
     assert run(speccyd_binary, "init", "--data-dir", str(data_dir)).returncode == 0
-    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1")
-    server = ServerProcess([str(speccyd_binary), "serve", "--data-dir", str(data_dir)], env, tmp_path / "log")
-    try:
+    binary = [str(speccyd_binary)]
+    async with ServerProcess(data_dir, upstream_url, tmp_path / "log", env=LOOPBACK_MDNS, executable=binary) as server:
         await server.start()
         async with aiohttp.ClientSession(base_url=server.url) as http:
             async with http.get("/healthz") as response:
                 assert response.status == 200
-            async with http.post("/auth/verify", json={"openai_token": "sk-test-binary"}) as response:
-                assert response.status == 200
-                headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
-            async with http.post("/tts/generate", json={"text": "Frozen."}, headers=headers) as response:
-                assert response.status == 202
-                job = await response.json()
-
-            async def ready() -> bool:
-                async with http.get(f"/tts/{job['content_hash']}/status", headers=headers) as r:
-                    return bool((await r.json())["status"] == "ready")
-
-            await eventually(ready, what="the generation to finish")
+            headers = await sign_in(http, "sk-test-binary")
+            status, job = await generate(http, headers, text="Frozen.")
+            assert status == 202
+            await wait_status(http, headers, job["content_hash"])
             async with http.get(f"/files/{job['file_id']}", headers=headers) as response:
                 assert response.status == 200
                 assert await response.read() == FakeUpstream.audio_for(fake.speech_calls[0].body or {}, fake.audio_size)
 
         # zeroconf's compiled modules work frozen: the announcement is registered.
-        async def announced() -> bool:
-            return "announcing" in server.log
-
-        await eventually(announced, what="the mDNS announcement")
+        await eventually(lambda: "announcing" in server.log, what="the mDNS announcement")
         assert await server.stop() == 0
-    finally:
-        server.kill()
     assert "Traceback" not in server.log

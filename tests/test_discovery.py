@@ -21,7 +21,7 @@ from speccyd.discovery import Announcer, txt_record
 from speccyd.keys import ANNOUNCER, STORE
 from tests.conftest import AppClient
 from tests.mdns import Browser
-from tests.process import SPECCYD, ServerProcess, clean_env
+from tests.server_process import LOOPBACK_MDNS, SPECCYD, ServerProcess, clean_env
 
 
 def unique_name(prefix: str = "speccy-test") -> str:
@@ -89,17 +89,14 @@ async def test_name_conflict_renames_the_second_server(make_client: Callable[...
 async def test_sigterm_sends_goodbye(tmp_path: Path, upstream_url: str) -> None:
     """After SIGTERM a browser loses the server at once (goodbye, TTL 0), not when its records expire minutes later."""
     name = unique_name()
-    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1", name=name)
-    server = ServerProcess([str(SPECCYD), "serve", "--data-dir", str(tmp_path / "data")], env, tmp_path / "log")
-    try:
-        async with Browser() as browser:
-            await server.start()
-            info = await browser.wait_for(name)
-            assert info.port == server.port
-            assert await server.stop() == 0
-            await browser.wait_gone(name, timeout=5)
-    finally:
-        server.kill()
+    env = {**LOOPBACK_MDNS, "SPECCY_NAME": name}
+    server = ServerProcess(tmp_path / "data", upstream_url, tmp_path / "log", env=env)
+    async with server, Browser() as browser:
+        await server.start()
+        info = await browser.wait_for(name)
+        assert info.port == server.port
+        assert await server.stop() == 0
+        await browser.wait_gone(name, timeout=5)
     assert "announcing" in server.log
 
 

@@ -7,7 +7,6 @@ test fills a real filesystem without touching the machine's; the test sees that 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 from tests.invariants import check_data_dir, temp_files
 from tests.server_process import ServerProcess
@@ -41,16 +41,6 @@ def _namespace_reason() -> str | None:
     return None
 
 
-async def _poll(http: aiohttp.ClientSession, url: str, headers: dict[str, str], wanted: str) -> dict[str, Any]:
-    for _ in range(500):
-        async with http.get(url, headers=headers) as r:
-            body: dict[str, Any] = await r.json()
-        if body.get("status") == wanted:
-            return body
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never reached {wanted}: {body}")
-
-
 async def test_disk_full_fails_with_storage_full_and_recovers(
     tmp_path: Path, upstream_url: str, fake: FakeUpstream
 ) -> None:
@@ -68,19 +58,18 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
     await server.start()
     try:
         seen = server.path(data_dir)  # the tmpfs, as the server sees it
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-disk"}) as r:
-                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
+        async with aiohttp.ClientSession(base_url=server.url) as http:
+            headers = await sign_in(http, "sk-test-disk")
 
             async def generate(text: str) -> dict[str, Any]:
-                async with http.post(f"{server.url}/tts/generate", json={"text": text}, headers=headers) as r:
+                async with http.post("/tts/generate", json={"text": text}, headers=headers) as r:
                     assert r.status == 202
                     body: dict[str, Any] = await r.json()
                     return body
 
             kept = await generate("Stored before the disk filled up.")
-            await _poll(http, f"{server.url}/tts/{kept['content_hash']}/status", headers, "ready")
-            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+            await wait_status(http, headers, kept["content_hash"], "ready")
+            async with http.get(f"/files/{kept['file_id']}", headers=headers) as r:
                 kept_audio = await r.read()
 
             ballast = seen / "ballast"
@@ -88,7 +77,7 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
             ballast.write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - HEADROOM))
 
             new = await generate("This audio has nowhere to go.")
-            failed = await _poll(http, f"{server.url}/tts/{new['content_hash']}/status", headers, "failed")
+            failed = await wait_status(http, headers, new["content_hash"], "failed")
             assert failed["error"].startswith("storage_full:")
             assert len([c for c in fake.speech_calls if c.body and "nowhere" in c.body["input"]]) == 1
             assert not temp_files(seen)
@@ -97,15 +86,15 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
             check_data_dir(seen)
             ballast.write_bytes(b"\0" * ballast_size)
 
-            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+            async with http.get(f"/files/{kept['file_id']}", headers=headers) as r:
                 assert r.status == 200
                 assert await r.read() == kept_audio
-            async with http.get(f"{server.url}/healthz") as r:
+            async with http.get("/healthz") as r:
                 # Serving goes on, and the health check says exactly what is wrong: the disk, nothing else.
                 health = await r.json()
                 assert r.status == 503
                 assert [name for name, check in health["checks"].items() if check["ok"] is False] == ["disk"]
-            async with http.get(f"{server.url}/files/{new['file_id']}", headers=headers) as r:
+            async with http.get(f"/files/{new['file_id']}", headers=headers) as r:
                 assert r.status == 410
 
             # Not one byte left: whether SQLite still finds room in its WAL or not, the answer is a clean
@@ -113,25 +102,25 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
             stat = os.statvfs(seen)
             with (seen / "ballast2").open("wb") as f:
                 f.write(b"\0" * (stat.f_bavail * stat.f_frsize))
-            async with http.post(f"{server.url}/tts/generate", json={"text": "Totally full."}, headers=headers) as r:
+            async with http.post("/tts/generate", json={"text": "Totally full."}, headers=headers) as r:
                 full: dict[str, Any] = await r.json()
                 if r.status == 507:
                     assert full["error"]["code"] == "storage_full"
                 else:
                     assert r.status == 202
-                    failed = await _poll(http, f"{server.url}/tts/{full['content_hash']}/status", headers, "failed")
+                    failed = await wait_status(http, headers, full["content_hash"], "failed")
                     assert failed["error"].startswith("storage_full:")
-            async with http.get(f"{server.url}/files/{kept['file_id']}", headers=headers) as r:
+            async with http.get(f"/files/{kept['file_id']}", headers=headers) as r:
                 assert r.status == 200
                 assert await r.read() == kept_audio
             (seen / "ballast2").unlink()
 
             ballast.unlink()  # space returns
             again = await generate("This audio has nowhere to go.")
-            await _poll(http, f"{server.url}/tts/{again['content_hash']}/status", headers, "ready")
-            async with http.get(f"{server.url}/healthz") as r:
+            await wait_status(http, headers, again["content_hash"], "ready")
+            async with http.get("/healthz") as r:
                 assert r.status == 200
-            async with http.get(f"{server.url}/files/{again['file_id']}", headers=headers) as r:
+            async with http.get(f"/files/{again['file_id']}", headers=headers) as r:
                 assert r.status == 200
                 assert len(await r.read()) == fake.audio_size
             check_data_dir(seen)

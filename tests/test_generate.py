@@ -199,13 +199,7 @@ async def test_upstream_concurrency_is_bounded(make_client: object, fake: FakeUp
     fake.gate.clear()
     bodies = [(await generate(client, headers, text=f"text {i}"))[1] for i in range(6)]
 
-    async def two_waiting() -> bool:
-        await asyncio.sleep(0)
-        return len(fake.speech_calls) == 2
-
-    from tests.conftest import eventually
-
-    await eventually(two_waiting, what="two calls in flight")
+    await eventually(lambda: len(fake.speech_calls) == 2, what="two calls in flight")
     assert len(fake.speech_calls) == 2
     fake.gate.set()
     for body in bodies:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -16,8 +15,8 @@ from hypothesis import strategies as st
 
 from speccyd.cleanup import expire, purge
 from speccyd.keys import BLOBS, STORE
-from speccyd.store import MIGRATIONS, NewFile, PurgeFilter, Store
-from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
+from speccyd.store import NewFile, PurgeFilter, Store
+from tests.conftest import AppClient, eventually, generate, old_database, sign_in, wait_status
 
 
 async def page(client: AppClient, headers: dict[str, str], since: str = "0", limit: int = 100) -> dict[str, Any]:
@@ -243,9 +242,7 @@ async def test_pages_stay_consistent_under_concurrent_inserts_and_deletes(client
 def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> None:
     """A database from before sync gets every existing file listed, oldest first, after the migration."""
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](db)
-    db.execute("PRAGMA user_version = 1")
+    db = old_database(path, 1)
     db.execute("INSERT INTO users VALUES ('u1', 'h', x'00', 0, 0)")
     for i, created in enumerate([30.0, 10.0, 20.0]):
         db.execute(

@@ -22,10 +22,7 @@ async def test_audio_expires_after_retention(make_client: Any, settings: Setting
     await wait_status(client, headers, body["content_hash"])
     path = next(settings.audio_dir.glob(f"*/{body['file_id']}.mp3"))
 
-    async def gone() -> bool:
-        return not path.exists()
-
-    await eventually(gone, timeout=15, what="expired audio to be deleted")
+    await eventually(lambda: not path.exists(), timeout=15, what="expired audio to be deleted")
     response = await client.get(f"/tts/{body['content_hash']}/status", headers=headers)
     assert response.status == 404
     assert (await client.get(f"/files/{body['file_id']}", headers=headers)).status == 404
@@ -78,7 +75,7 @@ async def test_interrupted_generation_resumes_after_restart(
     headers = await sign_in(first)
     fake.gate.clear()
     _, body = await generate(first, headers)
-    await eventually(_async(lambda: len(fake.speech_calls) == 1), what="the upstream call")
+    await eventually(lambda: len(fake.speech_calls) == 1, what="the upstream call")
     await first.close()  # the app's cleanup cancels the job; the row stays 'generating'
     fake.gate.set()
     second = await aiohttp_client(create_app(settings))
@@ -86,10 +83,3 @@ async def test_interrupted_generation_resumes_after_restart(
     assert ready["file_id"] == body["file_id"]
     assert len(fake.speech_calls) == 2
     assert [p.name for p in (settings.audio_dir / "tmp").iterdir()] == []
-
-
-def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def run() -> bool:
-        return check()
-
-    return run

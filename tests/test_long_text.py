@@ -85,7 +85,7 @@ async def test_chunks_per_job_are_bounded_by_chunk_concurrency(make_client: Make
     headers = await sign_in(client)
     fake.gate.clear()
     _, body = await generate(client, headers, text=long_text())
-    await eventually(lambda: asyncio.sleep(0, len(fake.speech_calls) == 2), what="two chunks in flight")
+    await eventually(lambda: len(fake.speech_calls) == 2, what="two chunks in flight")
     fake.gate.set()
     await wait_status(client, headers, body["content_hash"])
     assert len(fake.speech_calls) == len(split_text(long_text(), LIMIT))
@@ -99,7 +99,7 @@ async def test_all_jobs_together_stay_within_upstream_concurrency(make_client: M
     fake.gate.clear()
     _, first = await generate(client, headers, text=long_text())
     _, second = await generate(client, headers, text=long_text() + " Another.")
-    await eventually(lambda: asyncio.sleep(0, len(fake.speech_calls) == 3), what="three calls in flight")
+    await eventually(lambda: len(fake.speech_calls) == 3, what="three calls in flight")
     fake.gate.set()
     await wait_status(client, headers, first["content_hash"])
     await wait_status(client, headers, second["content_hash"])
@@ -150,9 +150,7 @@ async def test_one_chunk_failing_fails_the_file_and_keeps_nothing(
     assert "bad chunk" in failed["error"]
     assert "chunk " in failed["error"]
     audio = data_dir / "audio"
-    await eventually(
-        lambda: asyncio.sleep(0, not [p for p in audio.rglob("*") if p.is_file()]), what="no audio or temp files"
-    )
+    await eventually(lambda: not [p for p in audio.rglob("*") if p.is_file()], what="no audio or temp files")
     response = await client.get(f"/files/{body['file_id']}", headers=headers)
     assert response.status == 410
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
-from tests.process import SPECCYD, ServerProcess, clean_env
+from tests.server_process import SPECCYD, ServerProcess, clean_env, settings_env
 
 pytestmark = pytest.mark.netns
 
@@ -109,24 +108,21 @@ async def test_discover_finds_server_in_another_namespace(namespaces: tuple[str,
     server_ns, client_ns = namespaces
     name = f"netns-{uuid.uuid4().hex[:8]}"
     # The default mdns_interfaces ("all"): inside the namespace that is its veth end and nothing else.
-    env = clean_env(host="0.0.0.0", port=0, name=name, openai_base_url="http://127.0.0.1:9/v1")
-    argv = ["ip", "netns", "exec", server_ns, str(SPECCYD), "serve", "--data-dir", str(tmp_path / "server")]
-    server = ServerProcess(argv, env, tmp_path / "server.log")
-    try:
+    server = ServerProcess(
+        tmp_path / "server", "http://127.0.0.1:9/v1", tmp_path / "server.log",
+        env=settings_env(mdns="on", name=name), host="0.0.0.0", executable=[str(SPECCYD)],
+        prefix=["ip", "netns", "exec", server_ns],
+    )  # fmt: skip
+    async with server:
         await server.start()
 
-        async def announced() -> bool:
-            return "announcing" in server.log
-
         # Registered (about 1.5 s after it listens): from now on it answers the browser's first query.
-        await eventually(announced, what="the mDNS registration")
+        await eventually(lambda: "announcing" in server.log, what="the mDNS registration")
         found = discover_until(client_ns, name, tmp_path / "client", lambda s: True)
         assert found["addresses"] == [SERVER_ADDRESS]
         assert found["port"] == server.port
         assert found["tls"] is False
         assert await server.stop() == 0
-    finally:
-        server.kill()
 
 
 async def test_announcement_follows_a_new_address(namespaces: tuple[str, str], tmp_path: Path) -> None:
@@ -134,21 +130,16 @@ async def test_announcement_follows_a_new_address(namespaces: tuple[str, str], t
     server_ns, client_ns = namespaces
     name = f"netns-{uuid.uuid4().hex[:8]}"
     argv = ["ip", "netns", "exec", server_ns, sys.executable, "-m", "tests.netns_announcer", name, "8420"]
-    announcer = ServerProcess(argv, clean_env(), tmp_path / "announcer.log", cwd=ROOT)
-    try:
-        await announcer.start(ready=re.compile("announcing"))
+    announcer = ServerProcess.command(argv, tmp_path / "announcer.log", env=clean_env(), ready="announcing", cwd=ROOT)
+    async with announcer:
+        await announcer.start()
         found = discover_until(client_ns, name, tmp_path, lambda s: s["addresses"] == [SERVER_ADDRESS])
         veth = ip("-n", server_ns, "-o", "link", "show", "type", "veth").stdout.split(":")[1].strip().split("@")[0]
         assert ip("-n", server_ns, "addr", "add", f"{EXTRA_ADDRESS}/24", "dev", veth).returncode == 0
 
-        async def updated() -> bool:
-            return "addresses changed" in announcer.log
-
-        await eventually(updated, what="the announcer to notice the new address")
+        await eventually(lambda: "addresses changed" in announcer.log, what="the announcer to notice the new address")
         found = discover_until(
             client_ns, name, tmp_path, lambda s: sorted(s["addresses"]) == [SERVER_ADDRESS, EXTRA_ADDRESS]
         )
         assert found["port"] == 8420
         assert await announcer.stop() == 0
-    finally:
-        announcer.kill()

@@ -71,7 +71,7 @@ async def test_sigterm_with_generation_in_flight(tmp_path: Path, upstream_url: s
         api = Api(session, server)
         await api.sign_in()
         _, body = await api.call("POST", "/tts/generate", json={"text": "in flight"})
-        await eventually(_calls(fake, 1), what="the upstream call")
+        await eventually(lambda: len(fake.speech_calls) >= 1, what="the upstream call")
         assert await server.stop(signal.SIGTERM) == 0
         fake.gate.set()
         server = await start_server(data, upstream_url, tmp_path / "log")
@@ -91,7 +91,7 @@ async def test_sigkill_mid_generation_then_restart(tmp_path: Path, upstream_url:
         api = Api(session, server)
         await api.sign_in()
         _, body = await api.call("POST", "/tts/generate", json={"text": "killed"})
-        await eventually(_temp_file_exists(data), what="a partial temp file")
+        await eventually(lambda: _temp_file_exists(data), what="a partial temp file")
         assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
         fake.chunk_delay = 0
         server = await start_server(data, upstream_url, tmp_path / "log")
@@ -155,16 +155,6 @@ async def test_log_has_no_secrets(tmp_path: Path, upstream_url: str) -> None:
     assert f"GET /files/{ready['file_id']} 200" in log
 
 
-def _calls(fake: FakeUpstream, n: int) -> Any:
-    async def check() -> bool:
-        return len(fake.speech_calls) >= n
-
-    return check
-
-
-def _temp_file_exists(data: Path) -> Any:
-    async def check() -> bool:
-        tmp = data / "audio" / "tmp"
-        return tmp.exists() and any(p.stat().st_size > 0 for p in tmp.iterdir())
-
-    return check
+def _temp_file_exists(data: Path) -> bool:
+    tmp = data / "audio" / "tmp"
+    return tmp.exists() and any(p.stat().st_size > 0 for p in tmp.iterdir())

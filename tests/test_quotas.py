@@ -10,7 +10,7 @@ import pytest
 
 from speccyd.quotas import next_utc_midnight
 from speccyd.store import Store
-from tests.conftest import AppClient, generate, sign_in, wait_status
+from tests.conftest import AppClient, generate, old_database, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 
 MakeClient = Callable[..., Awaitable[AppClient]]
@@ -145,14 +145,10 @@ async def test_user_usage_limits_are_null_when_off(client: AppClient) -> None:
 
 def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None:
     """A schema-1 database gains tokens, revocation and limit columns; its users and usage are kept."""
-    import sqlite3
-
-    from speccyd.store import MIGRATIONS, SCHEMA_VERSION, LimitOverrides
+    from speccyd.store import SCHEMA_VERSION, LimitOverrides
 
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](db)
-    db.execute("PRAGMA user_version = 1")
+    db = old_database(path, 1)
     db.execute("INSERT INTO users VALUES ('u1', 'h', x'00', 1.0, 2.0)")
     db.execute(
         "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES ('u1', 3.0, 'generated', 'tts-1', 7)"

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import eventually, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import ServerProcess, start_server
 
@@ -29,10 +29,6 @@ async def served(tmp_path: Path, upstream_url: str) -> AsyncIterator[ServerProce
         await server.stop()
 
 
-async def logged(server: ServerProcess, text: str) -> bool:
-    return text in server.log
-
-
 async def test_sighup_reloads_limits_and_log_level_without_dropping_connections(
     served: ServerProcess, fake: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -40,19 +36,13 @@ async def test_sighup_reloads_limits_and_log_level_without_dropping_connections(
     # More than the socket buffers hold, so the download is still going on during the reload.
     fake.audio_size = 16 * 1024 * 1024
     async with aiohttp.ClientSession(base_url=served.url) as session:
-        async with session.post("/auth/verify", json={"openai_token": "sk-test-alice"}) as response:
-            headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
+        headers = await sign_in(session)
         async with session.post("/tts/generate", json={"text": "short"}, headers=headers) as response:
             first = await response.json()
         async with session.post("/tts/generate", json={"text": "far more than ten"}, headers=headers) as response:
             assert response.status == 429
             assert (await response.json())["error"]["code"] == "quota_exceeded"
-
-        async def ready() -> bool:
-            async with session.get(f"/tts/{first['content_hash']}/status", headers=headers) as response:
-                return bool((await response.json())["status"] == "ready")
-
-        await eventually(ready, what="the first file")
+        await wait_status(session, headers, first["content_hash"])
         expected = FakeUpstream.audio_for(fake.speech_calls[0].body or {}, fake.audio_size)
 
         async with session.get(f"/files/{first['file_id']}", headers=headers) as download:
@@ -61,7 +51,7 @@ async def test_sighup_reloads_limits_and_log_level_without_dropping_connections(
                 'log_format = "json"\nlog_level = "debug"\ndaily_char_quota = 0\n'
             )
             served.process.send_signal(signal.SIGHUP)
-            await eventually(lambda: logged(served, "SIGHUP: reloaded"), what="the reload log line")
+            await eventually(lambda: "SIGHUP: reloaded" in served.log, what="the reload log line")
             received += await download.content.read()
         assert received == expected
 
@@ -80,6 +70,6 @@ async def test_sighup_with_a_broken_config_keeps_running(served: ServerProcess, 
     """A config.toml that no longer parses is reported on SIGHUP and the old settings stay in force."""
     (tmp_path / "data" / "config.toml").write_text("daily_char_quota = 'lots'\n")
     served.process.send_signal(signal.SIGHUP)
-    await eventually(lambda: logged(served, "configuration not reloaded"), what="the error")
+    await eventually(lambda: "configuration not reloaded" in served.log, what="the error")
     async with aiohttp.ClientSession(base_url=served.url) as session, session.get("/healthz") as response:
         assert response.status == 200

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,40 +14,15 @@ from typer.testing import CliRunner
 from speccyd.cli import app
 from tests.conftest import AppClient
 from tests.fake_upstream import FakeUpstream, Fault
+from tests.server_process import ServerProcess
 
 
 @pytest.fixture
 async def serve_process(upstream_url: str, tmp_path: Path) -> AsyncIterator[str]:
     """A `speccyd serve` subprocess on 127.0.0.1 with a free port, talking to the fake upstream."""
-    env = {
-        **os.environ,
-        "SPECCY_OPENAI_BASE_URL": upstream_url,
-        "SPECCY_MDNS": "off",
-        "SPECCY_RETRY_BACKOFF": "10ms",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "speccyd", "serve", "--data-dir", str(tmp_path / "server"),
-        "--host", "127.0.0.1", "--port", "0",
-        env=env, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    try:
-        url = None
-        async with asyncio.timeout(20):
-            while url is None:
-                line = (await process.stderr.readline()).decode()
-                assert line, "speccyd serve exited before listening"
-                match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-                url = match.group(1) if match else None
-        # Keep draining the log so the server never blocks on a full pipe.
-        drain = asyncio.create_task(process.stderr.read())
-        yield url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            async with asyncio.timeout(15):
-                await process.wait()
-    await drain
+    async with ServerProcess(tmp_path / "server", upstream_url, tmp_path / "serve.log") as server:
+        await server.start()
+        yield server.url
 
 
 async def say(*args: str, key: str | None = "sk-test-alice", cwd: Path) -> tuple[int, str]:

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from speccyd.cli import app
 from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, plan_install, running_command, systemd_unit
-from tests.conftest import eventually
+from tests.conftest import eventually, sign_in
 from tests.fake_upstream import FakeUpstream
-from tests.process import SPECCYD, ServerProcess, clean_env
+from tests.server_process import LOOPBACK_MDNS, SPECCYD, ServerProcess, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_UNIT = ROOT / "systemd" / "speccyd.service"
@@ -170,21 +170,17 @@ async def test_serves_and_generates_without_writable_executable_memory(
     probe = subprocess.run([sys.executable, str(MDWE_EXEC), "/bin/true"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"the kernel cannot forbid W+X memory here ({probe.stderr.strip()})")
-    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1")
-    argv = [sys.executable, str(MDWE_EXEC), str(SPECCYD), "serve", "--data-dir", str(tmp_path / "data")]
-    server = await ServerProcess(argv, env, tmp_path / "log").start()
-    try:
+    prefix = [sys.executable, str(MDWE_EXEC)]
+    server = ServerProcess(tmp_path / "data", upstream_url, tmp_path / "log", env=LOOPBACK_MDNS, prefix=prefix)
+    async with await server.start():
         async with aiohttp.ClientSession(base_url=server.url) as http:
-            async with http.post("/auth/verify", json={"openai_token": "sk-test-mdwe"}) as response:
-                headers = {"Authorization": f"Bearer {(await response.json())['session_token']}"}
+            headers = await sign_in(http, "sk-test-mdwe")
             async with http.post("/tts/generate", json={"text": "No JIT."}, headers=headers) as response:
                 assert response.status == 202
 
-            async def generated() -> bool:
-                return len(fake.speech_calls) == 1 and "announcing" in server.log
-
-            await eventually(generated, what="one upstream call and the mDNS registration")
+            await eventually(
+                lambda: len(fake.speech_calls) == 1 and "announcing" in server.log,
+                what="one upstream call and the mDNS registration",
+            )
         assert await server.stop() == 0
-    finally:
-        server.kill()
     assert "Traceback" not in server.log

@@ -42,6 +42,21 @@ async def read_some(response: aiohttp.ClientResponse, at_least: int) -> bytes:
     return bytes(received)
 
 
+async def paused_long_generation(
+    make_client: MakeClient, fake: FakeUpstream, fault: str, at_chunk: int
+) -> tuple[AppClient, dict[str, str], str, str, asyncio.Event]:
+    """A long pcm text generating in chunks, held by `fault` at chunk `at_chunk` until the event is set.
+
+    Returns the client, the signed-in headers, the file's URL, its content hash and the release event.
+    """
+    client = await make_client(upstream_max_chars=LIMIT)
+    release = asyncio.Event()
+    fake.faults.append(Fault(fault, pause=release, match=chunk(at_chunk)))
+    headers = await sign_in(client)
+    _, body = await generate(client, headers, text=long_text(), format="pcm")
+    return client, headers, f"/files/{body['file_id']}", body["content_hash"], release
+
+
 async def test_first_bytes_stream_before_generation_completes(client: AppClient, fake: FakeUpstream) -> None:
     """A reader gets the upstream's first bytes while the rest is still being generated, then the whole file."""
     release = asyncio.Event()
@@ -84,19 +99,14 @@ async def test_many_readers_and_late_joiners_get_identical_complete_streams(
     make_client: MakeClient, fake: FakeUpstream
 ) -> None:
     """Readers who start before, during and near the end of generation all receive the same complete bytes."""
-    client = await make_client(upstream_max_chars=LIMIT)
-    release = asyncio.Event()
-    fake.faults.append(Fault("pause_mid", pause=release, match=chunk(3)))
-    headers = await sign_in(client)
-    _, body = await generate(client, headers, text=long_text(), format="pcm")
-    url = f"/files/{body['file_id']}"
+    client, headers, url, content_hash, release = await paused_long_generation(make_client, fake, "pause_mid", 3)
     early = [await client.get(url, headers=headers) for _ in range(5)]
     head = await read_some(early[0], fake.audio_size * 2)  # chunks 1 and 2 at least are through
     late = [await client.get(url, headers=headers) for _ in range(5)]
     release.set()
     streams = await asyncio.gather(*(r.read() for r in early + late))
     streams[0] = head + streams[0]
-    await wait_status(client, headers, body["content_hash"])
+    await wait_status(client, headers, content_hash)
     final = await (await client.get(url, headers=headers)).read()
     assert all(r.status == 200 for r in early + late)
     assert all(stream == final for stream in streams)
@@ -104,18 +114,13 @@ async def test_many_readers_and_late_joiners_get_identical_complete_streams(
 
 async def test_a_reader_who_disconnects_harms_nobody(make_client: MakeClient, fake: FakeUpstream) -> None:
     """One reader dropping mid-stream leaves the job and the other readers untouched."""
-    client = await make_client(upstream_max_chars=LIMIT)
-    release = asyncio.Event()
-    fake.faults.append(Fault("pause_mid", pause=release, match=chunk(2)))
-    headers = await sign_in(client)
-    _, body = await generate(client, headers, text=long_text(), format="pcm")
-    url = f"/files/{body['file_id']}"
+    client, headers, url, content_hash, release = await paused_long_generation(make_client, fake, "pause_mid", 2)
     leaver, stayer = await client.get(url, headers=headers), await client.get(url, headers=headers)
     await read_some(leaver, 1)
     leaver.close()
     release.set()
     streamed = await stayer.read()
-    await wait_status(client, headers, body["content_hash"])
+    await wait_status(client, headers, content_hash)
     assert streamed == await (await client.get(url, headers=headers)).read()
 
 
@@ -139,18 +144,13 @@ async def test_retry_after_partial_bytes_cuts_those_readers_and_completes(
     make_client: MakeClient, fake: FakeUpstream
 ) -> None:
     """A retried chunk never corrupts a stream: readers past its start are cut, the file then completes whole."""
-    client = await make_client(upstream_max_chars=LIMIT)
-    release = asyncio.Event()
-    fake.faults.append(Fault("reset_mid", pause=release, match=chunk(0)))
-    headers = await sign_in(client)
-    _, body = await generate(client, headers, text=long_text(), format="pcm")
-    url = f"/files/{body['file_id']}"
+    client, headers, url, content_hash, release = await paused_long_generation(make_client, fake, "reset_mid", 0)
     reader = await client.get(url, headers=headers)
     await read_some(reader, 1)
     release.set()
     with pytest.raises(aiohttp.ClientPayloadError):
         await reader.read()
-    await wait_status(client, headers, body["content_hash"])
+    await wait_status(client, headers, content_hash)
     inputs = sorted({str((c.body or {})["input"]) for c in fake.speech_calls}, key=long_text().index)
     by_input = {
         str((c.body or {})["input"]): FakeUpstream.audio_for(c.body or {}, fake.audio_size) for c in fake.speech_calls
@@ -203,19 +203,15 @@ async def test_real_server_streams_a_long_text_through_the_signed_url(
     fake.faults.append(Fault("pause_mid", pause=release, match=chunk(3)))
     server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_UPSTREAM_MAX_CHARS=str(LIMIT))
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-alice"}) as r:
-                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
-            async with session.post(
-                f"{server.url}/tts/generate", json={"text": long_text(), "format": "pcm"}, headers=headers
-            ) as r:
-                body = await r.json()
-            async with session.get(f"{server.url}{body['url']}") as live:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            headers = await sign_in(session)
+            _, body = await generate(session, headers, text=long_text(), format="pcm")
+            async with session.get(body["url"]) as live:
                 assert live.status == 200
                 first = await read_some(live, fake.audio_size)
                 release.set()
                 streamed = first + await live.read()
-            async with session.get(f"{server.url}{body['url']}") as stored:
+            async with session.get(body["url"]) as stored:
                 assert stored.headers.get("Content-Length") == str(len(streamed))
                 assert await stored.read() == streamed
     finally:
@@ -231,12 +227,10 @@ async def test_shutdown_cuts_live_readers_instead_of_waiting(
     fake.faults.append(Fault("pause_mid", pause=release))
     server = await start_server(tmp_path / "data", upstream_url, tmp_path / "log", SPECCY_SHUTDOWN_TIMEOUT="5m")
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{server.url}/auth/verify", json={"openai_token": "sk-test-alice"}) as r:
-                headers = {"Authorization": f"Bearer {(await r.json())['session_token']}"}
-            async with session.post(f"{server.url}/tts/generate", json={"text": "Stuck."}, headers=headers) as r:
-                body = await r.json()
-            async with session.get(f"{server.url}{body['url']}") as live:
+        async with aiohttp.ClientSession(base_url=server.url) as session:
+            headers = await sign_in(session)
+            _, body = await generate(session, headers, text="Stuck.")
+            async with session.get(body["url"]) as live:
                 await read_some(live, 1)
                 assert await server.stop(timeout=20) == 0  # far below the 5 minutes it would otherwise wait
                 with pytest.raises(aiohttp.ClientPayloadError):

@@ -25,7 +25,7 @@ from speccyd.cli import app
 from speccyd.settings import SettingsError, load_settings
 from speccyd.tls import fingerprint, host_names_and_addresses
 from tests.mdns import Browser
-from tests.process import SPECCYD, ServerProcess, clean_env
+from tests.server_process import LOOPBACK_MDNS, ServerProcess, settings_env
 
 
 def init_tls(data_dir: Path, *extra: str) -> str:
@@ -95,9 +95,8 @@ async def test_app_pins_fingerprint_from_txt(tmp_path: Path, upstream_url: str) 
     data_dir = tmp_path / "data"
     printed = init_tls(data_dir)
     name = f"tls-test-{uuid.uuid4().hex[:8]}"
-    env = clean_env(openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns_interfaces="127.0.0.1", name=name)
-    server = ServerProcess([str(SPECCYD), "serve", "--data-dir", str(data_dir)], env, tmp_path / "log")
-    try:
+    env = {**LOOPBACK_MDNS, "SPECCY_NAME": name}
+    async with ServerProcess(data_dir, upstream_url, tmp_path / "log", env=env) as server:
         async with Browser() as browser:
             await server.start()
             info = await browser.wait_for(name)
@@ -120,8 +119,6 @@ async def test_app_pins_fingerprint_from_txt(tmp_path: Path, upstream_url: str) 
             with pytest.raises(aiohttp.ClientError):
                 await session.get(f"http://127.0.0.1:{info.port}/healthz")
         assert await server.stop() == 0
-    finally:
-        server.kill()
 
 
 def _issue(
@@ -159,12 +156,8 @@ async def test_ca_signed_certificate_chain(tmp_path: Path, upstream_url: str) ->
     (tmp_path / "chain.pem").write_bytes(leaf.public_bytes(Encoding.PEM) + mid.public_bytes(Encoding.PEM))
     (tmp_path / "leaf.key").write_bytes(leaf_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     assert fingerprint(tmp_path / "chain.pem") == hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
-    env = clean_env(
-        openai_base_url=upstream_url, host="127.0.0.1", port=0, mdns="off",
-        tls_cert=tmp_path / "chain.pem", tls_key=tmp_path / "leaf.key",
-    )  # fmt: skip
-    server = ServerProcess([str(SPECCYD), "serve", "--data-dir", str(tmp_path / "data")], env, tmp_path / "log")
-    try:
+    env = settings_env(tls_cert=tmp_path / "chain.pem", tls_key=tmp_path / "leaf.key")
+    async with ServerProcess(tmp_path / "data", upstream_url, tmp_path / "log", env=env) as server:
         await server.start()
         verify = ssl.create_default_context(cadata=root.public_bytes(Encoding.PEM).decode())
         # Ordinary verification by CA and host name, as the apps do for a server with a public certificate.
@@ -172,5 +165,3 @@ async def test_ca_signed_certificate_chain(tmp_path: Path, upstream_url: str) ->
         async with aiohttp.ClientSession() as session, session.get(url, ssl=verify) as response:
             assert response.status == 200
         assert await server.stop() == 0
-    finally:
-        server.kill()

@@ -7,12 +7,10 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from speccyd.costs import price_table, summarize
+from speccyd.costs import WINDOW_30D, price_table, summarize
 from speccyd.keys import JOBS, METRICS, SETTINGS, STORE
 
 routes = web.RouteTableDef()
-
-RATIO_WINDOW = 30 * 86400
 
 
 async def scrape(app: web.Application) -> web.Response:
@@ -22,7 +20,7 @@ async def scrape(app: web.Application) -> web.Response:
     files, size = await store.run(store.storage_totals)
     metrics.files_stored.set(files)
     metrics.bytes_stored.set(size)
-    lines = await store.run(store.usage_lines, time.time() - RATIO_WINDOW)
+    lines = await store.run(store.usage_lines, time.time() - WINDOW_30D)
     ratio = summarize(lines, price_table(app[SETTINGS])).cache_hit_ratio
     metrics.cache_hit_ratio.set(ratio or 0.0)
     metrics.jobs_running.set(app[JOBS].running)

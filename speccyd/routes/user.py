@@ -6,15 +6,13 @@ from aiohttp import web
 
 from speccyd.auth import require_user
 from speccyd.cleanup import LAST_CLEANUP
-from speccyd.costs import price_table, summarize
+from speccyd.costs import WINDOW_30D, price_table, summarize
 from speccyd.keys import JOBS, QUOTAS, SETTINGS, STORE
 from speccyd.quotas import next_utc_midnight
 from speccyd.store import UsageLine
 from speccyd.timeutil import iso
 
 routes = web.RouteTableDef()
-
-WINDOW_30D = 30 * 86400
 
 
 @routes.get("/user/usage")
@@ -36,10 +34,7 @@ async def usage(request: web.Request) -> web.Response:
             "storage_used_mb": round((figures.storage_bytes if figures else 0) / 1_000_000, 3),
             "generated_today": figures.generated_today if figures else 0,
             "characters_today": figures.characters_today if figures else 0,
-            "characters_30d": month.characters,
-            "cache_hits_30d": month.cache_hits,
-            "estimated_cost_30d_usd": round(month.cost_usd, 4),
-            "saved_cost_30d_usd": round(month.saved_usd, 4),
+            **month.figures_30d(),
             # null: no limit. The daily limit resets at midnight UTC.
             "limits": {
                 "daily_char_quota": limits.daily_chars or None,

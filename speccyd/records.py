@@ -1,0 +1,164 @@
+"""What the storage layer hands out and takes in: plain frozen dataclasses, and the refusals of its queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: str
+    user_id: str
+    content_hash: str
+    status: str
+    model: str
+    voice: str
+    format: str
+    speed: float
+    instructions: str | None
+    text: str
+    characters: int
+    size_bytes: int | None
+    sha256: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    expires_at: float
+
+    def is_expired(self, now: float) -> bool:
+        return self.status != "generating" and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """What a generation request asks for; the row is created from it."""
+
+    content_hash: str
+    model: str
+    voice: str
+    format: str
+    speed: float
+    instructions: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of asking for audio: an existing row, or a new generation to start."""
+
+    row: FileRow
+    created: bool
+    replaced: FileRow | None  # an old failed or expired row whose audio file must now be removed
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A cache hit answered from memory, written later by `record_hits`."""
+
+    file_id: str
+    user_id: str
+    model: str
+    characters: int
+    at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class UserUsage:
+    user_id: str
+    first_seen: float
+    last_seen: float
+    files_count: int
+    storage_bytes: int
+    generated_today: int
+    characters_today: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-user limits; 0 means none. As overrides, None means "the server-wide setting"."""
+
+    daily_chars: int
+    storage_bytes: int
+    max_files: int
+
+
+@dataclass(frozen=True)
+class LimitOverrides:
+    daily_chars: int | None = None
+    storage_bytes: int | None = None
+    max_files: int | None = None
+
+    def apply(self, defaults: Limits) -> Limits:
+        return Limits(
+            defaults.daily_chars if self.daily_chars is None else self.daily_chars,
+            defaults.storage_bytes if self.storage_bytes is None else self.storage_bytes,
+            defaults.max_files if self.max_files is None else self.max_files,
+        )
+
+
+class QuotaExceeded(Exception):
+    """A new generation would go over one of the user's limits; nothing was written."""
+
+    def __init__(self, limit: str, allowed: int, used: int, frees_at: float | None) -> None:
+        super().__init__(f"{limit} quota exceeded")
+        self.limit = limit  # "daily_chars", "storage" or "max_files"
+        self.allowed = allowed
+        self.used = used
+        self.frees_at = frees_at  # when the oldest kept file expires (storage and file limits)
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    """Usage events of one user, model and kind ('generated' or 'cache_hit') in a time window."""
+
+    user_id: str
+    model: str
+    kind: str
+    events: int
+    characters: int
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    user_id: str
+    created_at: float
+    last_seen: float
+    files_count: int
+    storage_bytes: int
+    sessions_valid_after: float
+    overrides: LimitOverrides
+
+
+@dataclass(frozen=True)
+class PurgeFilter:
+    expired: bool = False
+    all: bool = False
+    user_id: str | None = None
+    older_than: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A file that is gone (deleted by its user or a purge, or expired), as device sync reports it."""
+
+    seq: int
+    file_id: str
+    content_hash: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of a user's library changes, in change order."""
+
+    files: list[tuple[int, FileRow]]  # (seq, row)
+    tombstones: list[Tombstone]
+    next_cursor: int
+    has_more: bool
+
+
+class CursorTooOld(Exception):
+    """The cursor is older than the oldest kept tombstone, or newer than anything this database wrote."""
