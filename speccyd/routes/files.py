@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 
 from aiohttp import hdrs, web
@@ -43,6 +44,22 @@ async def _authorized_row(request: web.Request, file_id: str) -> FileRow:
     return row
 
 
+def etag(st: os.stat_result) -> str:
+    """The ETag aiohttp's FileResponse sends for a file with this stat."""
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _range_applies(request: web.Request, st: os.stat_result) -> bool:
+    """Whether the Range will be honoured: always without If-Range; with it, only if it names this version."""
+    if_range = request.headers.get(hdrs.IF_RANGE)
+    if if_range is None:
+        return True
+    if if_range.strip().startswith(('"', "W/")):
+        return if_range.strip() == etag(st)
+    since = request.if_range  # a date; FileResponse treats one it cannot parse as a match
+    return since is None or st.st_mtime <= since.timestamp()
+
+
 class AudioFileResponse(CountedFileResponse):
     """aiohttp's FileResponse, plus If-Range with an entity tag (aiohttp only understands dates there).
 
@@ -59,8 +76,7 @@ class AudioFileResponse(CountedFileResponse):
                 st = await asyncio.get_running_loop().run_in_executor(None, self._path.stat)
             except OSError:
                 return await super().prepare(request)  # gone: FileResponse answers 404
-            current = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # the ETag FileResponse sends for this file
-            if if_range != current:
+            if if_range != etag(st):
                 headers = {k: v for k, v in request.headers.items() if k.lower() != "range"}
                 request = request.clone(headers=headers)
         return await super().prepare(request)
@@ -103,11 +119,13 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise ApiError(410, "expired", "this audio has expired")
     path = request.app[BLOBS].path(row.id, row.format)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:  # purged a moment ago
         raise ApiError(404, "not_found", "no such file") from None
-    if hdrs.IF_RANGE not in request.headers:  # with If-Range the Range may not apply at all
-        _check_range(request, size)
+    # With If-Range the Range may not apply at all; when it does, a bad one must still get our JSON 416
+    # (FileResponse would answer an empty audio/* body).
+    if _range_applies(request, st):
+        _check_range(request, st.st_size)
     return AudioFileResponse(
         request.app[METRICS],
         path,
