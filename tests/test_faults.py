@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
+from speccyd.blobs import TMP_DIR
+from speccyd.chunking import split_text
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.invariants import check_data_dir
@@ -155,3 +159,98 @@ async def test_long_retry_after_waits_without_holding_a_slot(
     status = await (await client.get(f"/tts/{parked['content_hash']}/status", headers=headers)).json()
     assert status["status"] == "generating"
     assert len(fake.speech_calls) == 2
+
+
+# --- the same faults in one chunk of a long text, and through the OpenAI-compatible endpoint ---
+
+LIMIT = 200  # upstream_max_chars here: a long text of three chunks stays small and fast
+LONG_TEXT = "\n\n".join(" ".join(f"P{p} sentence {s} is about faults." for s in range(5)) for p in range(3))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_fault_in_one_chunk_of_a_long_text_fails_the_file_cleanly(
+    name: str, make_client: MakeClient, fake: FakeUpstream, data_dir: Path
+) -> None:
+    """A fault in the middle chunk of three fails the whole file with the chunk named, the same attempts as a
+    short text, and no part, temp file or audio left behind."""
+    chunks = split_text(LONG_TEXT, LIMIT)
+    assert len(chunks) == 3
+    case = CASES[name]
+    client = await make_client(
+        upstream_attempts=ATTEMPTS, upstream_timeout="300ms", upstream_deadline="1s", upstream_max_chars=LIMIT
+    )
+    fake.faults.extend([dataclasses.replace(case.fault, match=chunks[1])] * ATTEMPTS)
+    headers = await sign_in(client)
+    status, body = await generate(client, headers, text=LONG_TEXT, format="pcm")
+    assert status == 202
+    failed = await wait_status(client, headers, body["content_hash"], "failed")
+    assert failed["error"].startswith(f"chunk 2 of 3: {case.error}"), failed["error"]
+    assert "Traceback" not in failed["error"] and "sk-test" not in failed["error"]
+    middle = [c for c in fake.speech_calls if (c.body or {}).get("input") == chunks[1]]
+    assert len(middle) == case.attempts
+    assert all(len(str((c.body or {})["input"])) <= LIMIT for c in fake.speech_calls)
+    assert (await client.get(f"/files/{body['file_id']}", headers=headers)).status == 410
+    assert check_data_dir(data_dir) == {}
+    assert not any((data_dir / "audio" / TMP_DIR).iterdir())
+
+
+@dataclass(frozen=True)
+class SdkCase:
+    name: str  # a key of CASES
+    status: int  # what the OpenAI SDK's exception carries
+    error: type[openai.APIStatusError]
+
+
+SDK_CASES = [
+    SdkCase("400", 400, openai.BadRequestError),
+    SdkCase("401", 401, openai.AuthenticationError),
+    SdkCase("403", 403, openai.PermissionDeniedError),
+    SdkCase("404", 404, openai.NotFoundError),
+    SdkCase("429 quota", 429, openai.RateLimitError),
+    SdkCase("429 retry-after", 429, openai.RateLimitError),
+    SdkCase("500", 502, openai.InternalServerError),
+    SdkCase("reset mid-audio", 502, openai.InternalServerError),
+    SdkCase("empty 200", 502, openai.InternalServerError),
+    SdkCase("wrong content type", 502, openai.InternalServerError),
+    SdkCase("stall after headers", 504, openai.InternalServerError),
+    SdkCase("endless audio", 502, openai.InternalServerError),
+]
+
+
+@pytest.mark.parametrize("case", SDK_CASES, ids=[c.name for c in SDK_CASES])
+async def test_fault_through_the_openai_endpoint_reaches_the_sdk_as_its_error(
+    case: SdkCase, make_client: MakeClient, fake: FakeUpstream, data_dir: Path
+) -> None:
+    """Through /v1/audio/speech the real openai SDK raises the error class of the upstream's verdict, in
+    OpenAI's envelope with the upstream's message; the attempts and the clean data dir are as for /tts."""
+    client = await make_client(upstream_attempts=ATTEMPTS, upstream_timeout="300ms", upstream_deadline="1s")
+    core = CASES[case.name]
+    fake.faults.extend([core.fault] * ATTEMPTS)
+    sdk = openai.AsyncOpenAI(api_key="sk-test-sdk", base_url=str(client.make_url("/v1")), max_retries=0, timeout=30)
+    try:
+        with pytest.raises(case.error) as caught:
+            await sdk.audio.speech.create(model="tts-1", voice="alloy", input=f"sdk fault {case.name}")
+    finally:
+        await sdk.close()
+    assert caught.value.status_code == case.status
+    assert isinstance(caught.value.body, dict) and set(caught.value.body) == {"message", "type", "param", "code"}
+    assert caught.value.body["message"].startswith(f"generation failed: {core.error}"), caught.value.body
+    expected_type = {429: "rate_limit_error"}.get(case.status, "invalid_request_error")
+    assert caught.value.body["type"] == ("server_error" if case.status >= 500 else expected_type)
+    assert "sk-test" not in caught.value.body["message"]
+    assert len(fake.speech_calls) == core.attempts
+    assert check_data_dir(data_dir) == {}
+
+
+async def test_sdk_default_retries_do_not_repeat_a_refused_generation(client: AppClient, fake: FakeUpstream) -> None:
+    """An SDK with its default retries (2) makes one upstream call for a text the upstream refuses: the 400 is
+    passed through, where a 502 made the SDK ask twice more and speccyd generate twice more."""
+    fake.faults.append(Fault(status=400, message="this text is not allowed"))
+    sdk = openai.AsyncOpenAI(api_key="sk-test-sdk", base_url=str(client.make_url("/v1")), timeout=30)
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await sdk.audio.speech.create(model="tts-1", voice="alloy", input="refused once")
+    finally:
+        await sdk.close()
+    assert "this text is not allowed" in caught.value.message
+    assert len(fake.speech_calls) == 1

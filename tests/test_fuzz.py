@@ -212,8 +212,12 @@ async def _cached_client(make_client: Any, **overrides: object) -> AppClient:
     return _CLIENT[0][1]
 
 
-query_values = st.text(max_size=30) | st.integers(-(10**20), 10**20).map(str) | st.sampled_from(
-    ["", "0", "1e3", "+5", " 5", "5 ", "0x10", "١٢", "\uff11", "9" * 19, "1000", "1001", "%00", "NaN"]
+query_values = (
+    st.text(max_size=30)
+    | st.integers(-(10**20), 10**20).map(str)
+    | st.sampled_from(
+        ["", "0", "1e3", "+5", " 5", "5 ", "0x10", "١٢", "\uff11", "9" * 19, "1000", "1001", "%00", "NaN"]
+    )
 )
 
 

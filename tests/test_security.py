@@ -317,7 +317,9 @@ async def test_no_secret_in_any_log_line_or_database_column(
 ) -> None:
     """After a full run at debug level, no API key, session token or URL signature is in the log or data dir."""
     data_dir = tmp_path / "data"
-    server = ServerProcess(data_dir, upstream_url, tmp_path / "server.log", env={"SPECCY_LOG_LEVEL": "debug"})
+    server = ServerProcess(
+        data_dir, upstream_url, tmp_path / "server.log", env={"SPECCY_LOG_LEVEL": "debug", "SPECCY_METRICS": "on"}
+    )
     await server.start()
     keys = ["sk-test-secret-alice-0123456789", "sk-test-secret-bob-9876543210"]
     secrets: list[str] = [*keys, "sk-refused-key-5555555555"]
@@ -346,9 +348,11 @@ async def test_no_secret_in_any_log_line_or_database_column(
                 assert r.status == 401
             async with http.delete(f"{server.url}/tts/{body['file_id']}", headers=headers) as r:
                 assert r.status == 200
+            await _exercise_newer_endpoints(http, server.url, key, headers, fake, secrets)
     await server.kill(signal.SIGTERM)
     log = server.log_path.read_bytes()
     assert b"listening on" in log and b"/tts/generate" in log  # the log did record the run
+    assert b"/v1/audio/speech" in log and b"/files/" in log and b"/metrics" in log
     stored = [p for p in data_dir.rglob("*") if p.is_file()]
     assert any(p.name == "speccyd.db" for p in stored)
     for secret in secrets:
@@ -356,6 +360,39 @@ async def test_no_secret_in_any_log_line_or_database_column(
         assert needle not in log, f"secret in the log: {secret[:12]}..."
         for path in stored:
             assert needle not in path.read_bytes(), f"secret in {path}"
+
+
+async def _exercise_newer_endpoints(
+    http: aiohttp.ClientSession, url: str, key: str, headers: dict[str, str], fake: FakeUpstream, secrets: list[str]
+) -> None:
+    """/v1 with the key, the token, a fresh key and a refused one; library pages; meta; a live stream by signed
+    URL; metrics, models and the contract. Every key and signature handed out is added to `secrets`."""
+    fresh, refused = f"sk-test-v1-only-{key[-6:]}-4444", f"sk-refused-v1-{key[-6:]}-3333"
+    secrets += [fresh, refused]
+    speech = {"model": "tts-1", "voice": "alloy", "input": f"v1 {key[-4:]}"}
+    for bearer, status in ((key, 200), (headers["Authorization"][7:], 200), (fresh, 200), (refused, 401)):
+        async with http.post(f"{url}/v1/audio/speech", json=speech, headers={"Authorization": f"Bearer {bearer}"}) as r:
+            assert r.status == status
+            await r.read()
+    async with http.get(f"{url}/files?since=0&limit=100", headers=headers) as r:
+        page = await r.json()
+    secrets += [f["url"].split("sig=", 1)[1] for f in page["files"]]
+    async with http.get(f"{url}/files/{page['files'][0]['file_id']}/meta", headers=headers) as r:
+        secrets.append((await r.json())["url"].split("sig=", 1)[1])
+    fake.gate.clear()
+    try:
+        async with http.post(f"{url}/tts/generate", json={"text": f"live {key[-4:]}"}, headers=headers) as r:
+            live = await r.json()
+        secrets.append(live["url"].split("sig=", 1)[1])
+        async with http.get(f"{url}{live['url']}", headers={"Range": "bytes=0-"}) as r:
+            assert r.status == 200
+            fake.gate.set()
+            assert len(await r.read()) == fake.audio_size
+    finally:
+        fake.gate.set()
+    for path in ("/metrics", "/openapi.json", "/v1/models", "/v1/models/tts-1"):
+        async with http.get(f"{url}{path}") as r:
+            assert r.status == 200
 
 
 # --- slow clients ---
