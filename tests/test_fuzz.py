@@ -327,3 +327,19 @@ async def test_long_hostile_unicode_text_is_chunked_or_refused(make_client: Any,
 
     final = await eventually(finished, what="the hostile text's generation")
     assert final["status"] == "ready", final
+
+
+fence_texts = st.lists(st.sampled_from(["```\n", "~~~py\n", "  ```\n", "text\n", "\n", "a. b\n", "```"]), max_size=60)
+
+
+@FUZZ
+@given(pieces=fence_texts, position=st.integers(0, 400))
+def test_fence_lookup_by_bisection_matches_a_scan_of_every_fence(pieces: list[str], position: int) -> None:
+    """Whether a cut lies inside a code fence is found by bisection (a scan of every fence per cut took 13 s of
+    CPU for 100,000 characters of fences); it answers exactly as the scan does."""
+    from speccyd.chunking import _FENCE, _Splitter
+
+    text = "".join(pieces)
+    splitter = _Splitter(text, 10)
+    fences = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+    assert splitter._outside_fences(position) == (not any(a < position < b for a, b in fences))
