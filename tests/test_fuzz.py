@@ -373,3 +373,47 @@ async def test_raw_authorization_bytes_on_every_authenticated_endpoint(
             error = json.loads(body)["error"]
             wanted = {"message", "type", "param", "code"} if path.startswith("/v1/") else {"code", "message"}
             assert set(error) == wanted
+
+
+_READY: list[tuple[AppClient, str, str]] = []  # (client, Authorization, a ready file's id)
+
+
+@FUZZ
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from([b"Range", b"If-Range", b"If-None-Match", b"If-Modified-Since", b"Accept-Encoding"]),
+            header_bytes | st.sampled_from([b"bytes=0-", b"bytes=99999999-", b'"\xff"', b"W/\xfe"]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+async def test_raw_header_bytes_on_a_download(make_client: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    """Any bytes in Range, If-Range and the conditional headers of a download: an answer (never a dropped
+    connection), never a 5xx, errors in the envelope."""
+    client = await _cached_client(make_client)
+    if not _READY or _READY[0][0] is not client:
+        auth = await sign_in(client)
+        response = await client.post("/tts/generate", json={"text": "raw headers"}, headers=auth)
+        body = await response.json()
+        await eventually(lambda: _is_ready(client, auth, body["content_hash"]), what="the file for raw header fuzzing")
+        _READY[:] = [(client, auth["Authorization"], body["file_id"])]
+    _, authorization, file_id = _READY[0]
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    extra = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    writer.write(f"GET /files/{file_id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {authorization}\r\n"
+                 .encode() + extra + b"\r\n")  # fmt: skip
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]  # an answer, not a connection dropped mid-request
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head[9:12])
+    assert status < 500, answer[:400]
+    if status >= 400:
+        assert set(json.loads(body)["error"]) == {"code", "message"}
+
+
+async def _is_ready(client: AppClient, auth: dict[str, str], content_hash: str) -> bool:
+    status = await (await client.get(f"/tts/{content_hash}/status", headers=auth)).json()
+    return bool(status["status"] == "ready")

@@ -77,7 +77,9 @@ class AudioFileResponse(CountedFileResponse):
             except OSError:
                 return await super().prepare(request)  # gone: FileResponse answers 404
             if if_range != etag(st):
-                headers = {k: v for k, v in request.headers.items() if k.lower() != "range"}
+                # Only ASCII values: clone() encodes them as UTF-8, and a header byte past ASCII (a surrogate
+                # escape here) made it raise, so the connection dropped with a traceback in the log.
+                headers = {k: v for k, v in request.headers.items() if k.lower() != "range" and v.isascii()}
                 request = request.clone(headers=headers)
         return await super().prepare(request)
 
