@@ -195,7 +195,9 @@ async def mdns_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[metrics_middleware(metrics), error_middleware])
+    # Counting every request costs a few microseconds on the hottest paths; only when someone can read it.
+    middlewares = [metrics_middleware(metrics)] if settings.metrics or settings.metrics_listen else []
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[*middlewares, error_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[QUOTAS] = Quotas(limits_from(settings))

@@ -62,6 +62,11 @@ class LiveFile:
         self.state = "failed"
         self._notify()
 
+    async def started(self) -> None:
+        """Return once the first bytes are published, or the generation has ended either way."""
+        while self.length == 0 and self.state == "generating" and not self._abandoned:
+            await self._changed.wait()
+
     def abandon_readers(self) -> None:
         self._abandoned = True
         self._notify()

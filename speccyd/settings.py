@@ -261,7 +261,7 @@ SPECS: dict[str, Spec] = {
     "key_cache_ttl": Spec(
         parse_duration, "5m", "How long an OpenAI key checked for /v1 requests is trusted before asking again."
     ),
-    "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its audio."),
+    "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its first audio bytes."),
     # --- running it for a household (docs/operations.md) ---
     "log_format": Spec(_log_format, "text", "'text' for people, 'json' for one JSON object per line."),
     "daily_char_quota": Spec(_limit, "0", "Characters each user may have generated per UTC day; 0 or 'off' for none."),

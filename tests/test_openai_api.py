@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import openai
@@ -236,3 +237,22 @@ async def test_unknown_v1_path_is_404_in_openai_envelope_elsewhere_speccyd(clien
     assert (await v1.json())["error"]["type"] == "invalid_request_error"
     other = await client.get("/nothing-here")
     assert set((await other.json())["error"]) == {"code", "message"}
+
+
+async def test_speech_streams_while_it_is_generated(client: AppClient, fake: FakeUpstream) -> None:
+    """A cache miss answers as soon as audio flows: the first half arrives while the upstream still holds the rest."""
+    fake.audio_size = 40_000
+    resume = asyncio.Event()
+    fake.faults.append(Fault("pause_mid", pause=resume))
+    response = await client.post(
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": "Stream me"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "audio/mpeg"
+    first = await response.content.readexactly(fake.audio_size // 4)
+    assert not resume.is_set()  # these bytes came before the upstream finished
+    resume.set()
+    rest = await response.read()
+    assert first + rest == upstream_audio(fake)

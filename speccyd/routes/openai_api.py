@@ -16,6 +16,7 @@ from speccyd.auth import require_user_or_key
 from speccyd.errors import ApiError
 from speccyd.keys import BLOBS, GENERATE_LIMIT, JOBS, SETTINGS, STORE
 from speccyd.routes.common import json_body
+from speccyd.routes.files import stream_live
 from speccyd.store import FileRow
 from speccyd.tts import CONTENT_TYPES, MODELS, VOICES, parse_speech_request
 
@@ -117,7 +118,19 @@ async def speech(request: web.Request) -> web.StreamResponse:
                 message = new + message[len(old) :]
         raise ApiError(e.status, e.code, message, param=e.param or _PARAM_OF_CODE.get(e.code)) from None
 
-    row = await _wait_ready(request, await request.app[JOBS].request(user_id, speech))
+    jobs = request.app[JOBS]
+    row = await jobs.request(user_id, speech)
+    live = jobs.live(row.id) if row.status == "generating" else None
+    if live is not None:
+        # Stream as OpenAI does, but only once audio flows: a generation refused before its first byte
+        # still reaches the SDK as a clean error status instead of a cut 200.
+        try:
+            await asyncio.wait_for(live.started(), request.app[SETTINGS].speech_wait)
+        except TimeoutError:
+            raise ApiError(504, "timeout", "the audio is still being generated; try again to collect it") from None
+        if live.state == "generating" and live.length > 0:
+            return await stream_live(request, live, row, {"X-Speccy-File-Id": row.id})
+    row = await _wait_ready(request, row)
     path = request.app[BLOBS].path(row.id, row.format)
     if not path.is_file():  # purged between the status check and now
         raise ApiError(409, "cancelled", "the audio was deleted while it was being sent")
