@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -28,11 +29,13 @@ from speccyd import __version__
 from speccyd.blobs import make_private_dir
 from speccyd.settings import CONFIG_FILE, Settings
 from speccyd.store import Store, StoreError
+from speccyd.tts import FORMATS
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 DB_NAME = "speccyd.db"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+_FILE_ID = re.compile(r"[0-9a-f]{32}")
 
 Progress = Callable[[int, int], None]  # (done, total) audio files
 
@@ -63,6 +66,9 @@ def is_archive(path: Path) -> bool:
 
 
 def _audio_path(root: Path, file_id: str, fmt: str) -> Path:
+    # The ids and formats come from the backup's database: a crafted one must not name "../../etc/x".
+    if not _FILE_ID.fullmatch(file_id) or fmt not in FORMATS:
+        raise BackupError(f"the database names a file that cannot be a speccyd file: {file_id!r}.{fmt!r}")
     return root / "audio" / file_id[:2] / f"{file_id}.{fmt}"
 
 
@@ -250,6 +256,8 @@ def _restore_tree(source: Path, staged: Path, progress: Progress | None) -> Rest
     if has_secrets:
         make_private_dir(staged / "secrets")
         for item in (source / "secrets").iterdir():
+            if item.is_symlink() or not item.is_file():  # a backup is data: a link could copy /etc/shadow in
+                raise BackupError(f"{item} is not a plain file; refusing the backup")
             shutil.copyfile(item, staged / "secrets" / item.name)
             (staged / "secrets" / item.name).chmod(0o600)
     return RestoreReport(staged, len(ready), total, has_secrets)

@@ -50,7 +50,9 @@ class _Splitter:
         self.limit = limit
         self.graphemes = [m.end() for m in _GRAPHEME.finditer(text)]  # every cluster's end, ascending
         self.boundary = set(self.graphemes)
-        self.fences = [(m.start(), m.end()) for m in _FENCE.finditer(text)]
+        fences = [(m.start(), m.end()) for m in _FENCE.finditer(text)]  # in order, never overlapping
+        self.fence_starts = [a for a, _ in fences]
+        self.fence_ends = [b for _, b in fences]
 
     def spans(self) -> list[tuple[int, int]]:
         return [(a, b) for a, b in self._pack(0, len(self.text), 0) if not self.text[a:b].isspace()]
@@ -69,7 +71,10 @@ class _Splitter:
         ]
 
     def _outside_fences(self, position: int) -> bool:
-        return not any(a < position < b for a, b in self.fences)
+        # By bisection: a scan of every fence for every cut took 13 s of CPU, holding the GIL, for 100,000
+        # characters of "```" lines (10,000 fences) — one request could stall the whole server.
+        i = bisect.bisect_left(self.fence_starts, position) - 1  # the last fence starting before position
+        return i < 0 or position >= self.fence_ends[i]
 
     def _edges(self, a: int, b: int) -> tuple[int, int]:
         """Whitespace at the start and at the end of text[a:b]; the whole length if it is all whitespace.

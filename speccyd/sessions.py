@@ -37,6 +37,10 @@ class Sessions:
         known = self._verified.get(token)
         if known is not None and known[1] > time.time():
             return known[0], known[2]
+        # A header byte past ASCII arrives as a surrogate escape, which PyJWT cannot encode: it raised a
+        # UnicodeEncodeError (a 500 and a traceback per request) on every authenticated endpoint.
+        if not token.isascii():
+            raise ApiError(401, "invalid_session", "session token is not valid")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, self._key, algorithms=[_ALGORITHM], options={"require": ["sub", "iat", "exp"]}

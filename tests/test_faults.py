@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
+from speccyd.blobs import TMP_DIR
+from speccyd.chunking import split_text
+from speccyd.keys import JOBS
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.invariants import check_data_dir
@@ -58,7 +63,7 @@ CASES: dict[str, Case] = {
 async def test_fault_fails_cleanly(name: str, make_client: MakeClient, fake: FakeUpstream, data_dir: Path) -> None:
     """Each upstream fault ends in a failed status with a clear message, bounded attempts, and no audio kept."""
     case = CASES[name]
-    client = await make_client(upstream_attempts=ATTEMPTS, upstream_timeout="300ms", upstream_deadline="1s")
+    client = await make_client(upstream_attempts=ATTEMPTS, upstream_timeout="300ms", upstream_deadline=_deadline(case))
     fake.faults.extend([case.fault] * ATTEMPTS)
     headers = await sign_in(client)
     status, body = await generate(client, headers, text=f"fault {name}")
@@ -155,3 +160,116 @@ async def test_long_retry_after_waits_without_holding_a_slot(
     status = await (await client.get(f"/tts/{parked['content_hash']}/status", headers=headers)).json()
     assert status["status"] == "generating"
     assert len(fake.speech_calls) == 2
+
+
+# --- the same faults in one chunk of a long text, and through the OpenAI-compatible endpoint ---
+
+LIMIT = 200  # upstream_max_chars here: a long text of three chunks stays small and fast
+LONG_TEXT = "\n\n".join(" ".join(f"P{p} sentence {s} is about faults." for s in range(5)) for p in range(3))
+
+
+def _deadline(case: Case) -> str:
+    # 128 MiB of endless audio must hit the size cap before the deadline even on a crowded CI machine
+    # (within 1 s it read "upstream too slow" once in a full run); "very slow bytes" needs the 1 s deadline.
+    return "30s" if case.fault.kind == "endless" else "1s"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_fault_in_one_chunk_of_a_long_text_fails_the_file_cleanly(
+    name: str, make_client: MakeClient, fake: FakeUpstream, data_dir: Path
+) -> None:
+    """A fault in the middle chunk of three fails the whole file with the chunk named, the same attempts as a
+    short text, and no part, temp file or audio left behind."""
+    chunks = split_text(LONG_TEXT, LIMIT)
+    assert len(chunks) == 3
+    case = CASES[name]
+    client = await make_client(
+        upstream_attempts=ATTEMPTS,
+        upstream_timeout="300ms",
+        upstream_deadline=_deadline(case),
+        upstream_max_chars=LIMIT,
+    )
+    fake.faults.extend([dataclasses.replace(case.fault, match=chunks[1])] * ATTEMPTS)
+    headers = await sign_in(client)
+    status, body = await generate(client, headers, text=LONG_TEXT, format="pcm")
+    assert status == 202
+    failed = await wait_status(client, headers, body["content_hash"], "failed")
+    assert failed["error"].startswith(f"chunk 2 of 3: {case.error}"), failed["error"]
+    assert "Traceback" not in failed["error"] and "sk-test" not in failed["error"]
+    middle = [c for c in fake.speech_calls if (c.body or {}).get("input") == chunks[1]]
+    assert len(middle) == case.attempts
+    assert all(len(str((c.body or {})["input"])) <= LIMIT for c in fake.speech_calls)
+    assert (await client.get(f"/files/{body['file_id']}", headers=headers)).status == 410
+    assert check_data_dir(data_dir) == {}
+    assert not any((data_dir / "audio" / TMP_DIR).iterdir())
+
+
+@dataclass(frozen=True)
+class SdkCase:
+    name: str  # a key of CASES
+    status: int | None  # what the OpenAI SDK's exception carries; None: a 200 stream cut short
+    error: type[openai.APIError]
+
+
+SDK_CASES = [
+    SdkCase("400", 400, openai.BadRequestError),
+    SdkCase("401", 401, openai.AuthenticationError),
+    SdkCase("403", 403, openai.PermissionDeniedError),
+    SdkCase("404", 404, openai.NotFoundError),
+    SdkCase("429 quota", 429, openai.RateLimitError),
+    SdkCase("429 retry-after", 429, openai.RateLimitError),
+    SdkCase("500", 502, openai.InternalServerError),
+    SdkCase("empty 200", 502, openai.InternalServerError),
+    SdkCase("wrong content type", 502, openai.InternalServerError),
+    SdkCase("stall after headers", 504, openai.InternalServerError),
+    # Audio had started to flow, so speccyd was already streaming a 200 (as OpenAI does): the fault cuts it
+    # without its final chunk, and the SDK reports a broken connection, never a short file.
+    SdkCase("reset mid-audio", None, openai.APIConnectionError),
+    SdkCase("body cut short", None, openai.APIConnectionError),
+]
+
+
+@pytest.mark.parametrize("case", SDK_CASES, ids=[c.name for c in SDK_CASES])
+async def test_fault_through_the_openai_endpoint_reaches_the_sdk_as_its_error(
+    case: SdkCase, make_client: MakeClient, fake: FakeUpstream, data_dir: Path
+) -> None:
+    """Through /v1/audio/speech the real openai SDK raises the error class of the upstream's verdict, in
+    OpenAI's envelope with the upstream's message (or a cut stream once audio flowed); the attempts and the
+    clean data dir are as for /tts."""
+    core = CASES[case.name]
+    client = await make_client(upstream_attempts=ATTEMPTS, upstream_timeout="300ms", upstream_deadline=_deadline(core))
+    fake.faults.extend([core.fault] * ATTEMPTS)
+    sdk = openai.AsyncOpenAI(api_key="sk-test-sdk", base_url=str(client.make_url("/v1")), max_retries=0, timeout=30)
+    try:
+        with pytest.raises(case.error) as caught:
+            await sdk.audio.speech.create(model="tts-1", voice="alloy", input=f"sdk fault {case.name}")
+    finally:
+        await sdk.close()
+    if case.status is not None:
+        error = caught.value
+        assert isinstance(error, openai.APIStatusError) and error.status_code == case.status
+        assert isinstance(error.body, dict) and set(error.body) == {"message", "type", "param", "code"}
+        assert error.body["message"].startswith(f"generation failed: {core.error}"), error.body
+        expected_type = {429: "rate_limit_error"}.get(case.status, "invalid_request_error")
+        assert error.body["type"] == ("server_error" if case.status >= 500 else expected_type)
+        assert "sk-test" not in error.body["message"]
+
+    async def job_over() -> bool:  # a cut stream leaves the job retrying in the background
+        return len(fake.speech_calls) == core.attempts and client.server.app[JOBS].running == 0
+
+    await eventually(job_over, what="the generation to end")
+    assert check_data_dir(data_dir) == {}
+
+
+async def test_sdk_default_retries_do_not_repeat_a_refused_generation(client: AppClient, fake: FakeUpstream) -> None:
+    """An SDK with its default retries (2) makes one upstream call for a text the upstream refuses: the 400 is
+    passed through, where a 502 made the SDK ask twice more and speccyd generate twice more."""
+    fake.faults.append(Fault(status=400, message="this text is not allowed"))
+    sdk = openai.AsyncOpenAI(api_key="sk-test-sdk", base_url=str(client.make_url("/v1")), timeout=30)
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await sdk.audio.speech.create(model="tts-1", voice="alloy", input="refused once")
+    finally:
+        await sdk.close()
+    assert "this text is not allowed" in caught.value.message
+    assert len(fake.speech_calls) == 1

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.process
 
 
 async def test_short_mixed_load_has_no_errors_and_no_corruption(tmp_path: Path) -> None:
-    """20 clients, 300 requests across 20 users: no 5xx, no connection error, every Range byte correct."""
+    """20 clients, 300 requests across 20 users: no 5xx, no connection error, every byte correct (ranges, /v1
+    cache hits, live streams), no library page showing another user's file."""
     results, elapsed, ready = await run_load(
         tmp_path / "data", clients=20, requests=300, duration=30, users=20, seed=7, log_path=tmp_path / "server.log"
     )
@@ -21,4 +22,8 @@ async def test_short_mixed_load_has_no_errors_and_no_corruption(tmp_path: Path) 
     assert not results.server_errors, results.server_errors[:5]
     assert not results.connection_errors, results.connection_errors[:5]
     assert not results.corrupt, results.corrupt[:5]
+    assert not results.foreign, results.foreign[:5]
+    ran = {op for op, status in results.statuses if status == 200}
+    assert {"v1_cache_hit", "library_page", "live_stream"} <= ran, results.statuses
+    assert results.live_streams > 0
     assert results.bytes_checked > 0 and ready > 0

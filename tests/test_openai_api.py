@@ -189,12 +189,12 @@ async def test_key_verification_is_cached_for_a_bounded_time(
 async def test_failed_generation_raises_server_error(
     make_sdk: Callable[[str], openai.AsyncOpenAI], fake: FakeUpstream
 ) -> None:
-    """An upstream refusal during generation reaches the SDK as a 502 with the upstream's message."""
-    fake.faults.append(Fault(status=400, message="this text is not allowed"))
+    """An upstream failure during generation reaches the SDK as a 502 with the upstream's message."""
+    fake.faults.append(Fault("wrong_type"))
     with pytest.raises(openai.InternalServerError) as caught:
         await make_sdk(KEY).audio.speech.create(model="tts-1", voice="alloy", input="Refused")
     assert caught.value.status_code == 502
-    assert "this text is not allowed" in caught.value.message
+    assert "upstream sent text/html instead of audio" in caught.value.message
 
 
 async def test_slow_generation_times_out_with_504_then_is_collected(

@@ -317,7 +317,9 @@ async def test_no_secret_in_any_log_line_or_database_column(
 ) -> None:
     """After a full run at debug level, no API key, session token or URL signature is in the log or data dir."""
     data_dir = tmp_path / "data"
-    server = ServerProcess(data_dir, upstream_url, tmp_path / "server.log", env={"SPECCY_LOG_LEVEL": "debug"})
+    server = ServerProcess(
+        data_dir, upstream_url, tmp_path / "server.log", env={"SPECCY_LOG_LEVEL": "debug", "SPECCY_METRICS": "on"}
+    )
     await server.start()
     keys = ["sk-test-secret-alice-0123456789", "sk-test-secret-bob-9876543210"]
     secrets: list[str] = [*keys, "sk-refused-key-5555555555"]
@@ -346,9 +348,11 @@ async def test_no_secret_in_any_log_line_or_database_column(
                 assert r.status == 401
             async with http.delete(f"{server.url}/tts/{body['file_id']}", headers=headers) as r:
                 assert r.status == 200
+            await _exercise_newer_endpoints(http, server.url, key, headers, fake, secrets)
     await server.kill(signal.SIGTERM)
     log = server.log_path.read_bytes()
     assert b"listening on" in log and b"/tts/generate" in log  # the log did record the run
+    assert b"/v1/audio/speech" in log and b"/files/" in log and b"/metrics" in log
     stored = [p for p in data_dir.rglob("*") if p.is_file()]
     assert any(p.name == "speccyd.db" for p in stored)
     for secret in secrets:
@@ -356,6 +360,39 @@ async def test_no_secret_in_any_log_line_or_database_column(
         assert needle not in log, f"secret in the log: {secret[:12]}..."
         for path in stored:
             assert needle not in path.read_bytes(), f"secret in {path}"
+
+
+async def _exercise_newer_endpoints(
+    http: aiohttp.ClientSession, url: str, key: str, headers: dict[str, str], fake: FakeUpstream, secrets: list[str]
+) -> None:
+    """/v1 with the key, the token, a fresh key and a refused one; library pages; meta; a live stream by signed
+    URL; metrics, models and the contract. Every key and signature handed out is added to `secrets`."""
+    fresh, refused = f"sk-test-v1-only-{key[-6:]}-4444", f"sk-refused-v1-{key[-6:]}-3333"
+    secrets += [fresh, refused]
+    speech = {"model": "tts-1", "voice": "alloy", "input": f"v1 {key[-4:]}"}
+    for bearer, status in ((key, 200), (headers["Authorization"][7:], 200), (fresh, 200), (refused, 401)):
+        async with http.post(f"{url}/v1/audio/speech", json=speech, headers={"Authorization": f"Bearer {bearer}"}) as r:
+            assert r.status == status
+            await r.read()
+    async with http.get(f"{url}/files?since=0&limit=100", headers=headers) as r:
+        page = await r.json()
+    secrets += [f["url"].split("sig=", 1)[1] for f in page["files"]]
+    async with http.get(f"{url}/files/{page['files'][0]['file_id']}/meta", headers=headers) as r:
+        secrets.append((await r.json())["url"].split("sig=", 1)[1])
+    fake.gate.clear()
+    try:
+        async with http.post(f"{url}/tts/generate", json={"text": f"live {key[-4:]}"}, headers=headers) as r:
+            live = await r.json()
+        secrets.append(live["url"].split("sig=", 1)[1])
+        async with http.get(f"{url}{live['url']}", headers={"Range": "bytes=0-"}) as r:
+            assert r.status == 200
+            fake.gate.set()
+            assert len(await r.read()) == fake.audio_size
+    finally:
+        fake.gate.set()
+    for path in ("/metrics", "/openapi.json", "/v1/models", "/v1/models/tts-1"):
+        async with http.get(f"{url}{path}") as r:
+            assert r.status == 200
 
 
 # --- slow clients ---
@@ -447,3 +484,305 @@ async def test_upstream_error_echoing_the_key_is_redacted(
     for path in settings.data_dir.rglob("*"):
         if path.is_file():
             assert b"0123456789abcdef" not in path.read_bytes(), path
+
+
+# --- the endpoints added after the core: library, /v1, live streams, key cache, metrics, backups ---
+
+
+async def _user_id(client: AppClient, key: str) -> str:
+    response = await client.post("/auth/verify", json={"openai_token": key})
+    return str((await response.json())["user_id"])
+
+
+async def _all_pages(client: AppClient, headers: dict[str, str], limit: int) -> dict[str, list[dict[str, Any]]]:
+    """Follow next_cursor from 0 to the end: every file and tombstone the library shows this user."""
+    files: list[dict[str, Any]] = []
+    deleted: list[dict[str, Any]] = []
+    cursor = "0"
+    for _ in range(100):
+        response = await client.get("/files", params={"since": cursor, "limit": str(limit)}, headers=headers)
+        assert response.status == 200
+        page = await response.json()
+        files += page["files"]
+        deleted += page["deleted"]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    return {"files": files, "deleted": deleted}
+
+
+async def test_library_never_shows_another_users_files_tombstones_or_generations(
+    client: AppClient, fake: FakeUpstream
+) -> None:
+    """Bob's sync, at any page size, lists only his own files; Alice's ready, deleted and generating files
+    are absent, and their meta is the same 404 as an id that never existed."""
+    alice, bob = await sign_in(client, "sk-test-alice"), await sign_in(client, "sk-test-bob")
+    ready = (await _ready_file(client, alice, "kept"))["file_id"]
+    gone = (await _ready_file(client, alice, "deleted"))["file_id"]
+    assert (await client.delete(f"/tts/{gone}", headers=alice)).status == 200
+    bobs = (await _ready_file(client, bob, "bob's own"))["file_id"]
+    fake.gate.clear()
+    try:
+        _, generating = await generate(client, alice, text="still generating")
+        for limit in (1, 2, 1000):
+            seen = await _all_pages(client, bob, limit)
+            assert [f["file_id"] for f in seen["files"]] == [bobs]
+            assert seen["deleted"] == []
+        never = await _envelope(await client.get(f"/files/{'0' * 32}/meta", headers=bob))
+        for file_id in (ready, gone, generating["file_id"]):
+            response = await client.get(f"/files/{file_id}/meta", headers=bob)
+            assert response.status == 404
+            assert await _envelope(response) == never
+        mine = await _all_pages(client, alice, 1)
+        assert {f["file_id"] for f in mine["files"]} == {ready, generating["file_id"]}
+        assert [d["file_id"] for d in mine["deleted"]] == [gone]
+    finally:
+        fake.gate.set()
+
+
+async def test_openai_key_never_gets_another_users_cached_audio(client: AppClient, fake: FakeUpstream) -> None:
+    """The same /v1 request with Bob's key is Bob's own generation (his key upstream), never Alice's cached file."""
+    body = {"model": "tts-1", "voice": "alloy", "input": "Alice asked first"}
+    files = {}
+    for key in ("sk-test-alice", "sk-test-bob", "sk-test-alice"):
+        response = await client.post("/v1/audio/speech", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert response.status == 200
+        await response.read()
+        files.setdefault(key, set()).add(response.headers["X-Speccy-File-Id"])
+    assert len(files["sk-test-alice"]) == len(files["sk-test-bob"]) == 1
+    assert files["sk-test-alice"] != files["sk-test-bob"]
+    assert [c.api_key for c in fake.speech_calls] == ["sk-test-alice", "sk-test-bob"]
+    # Nor through a session: Bob's token on /v1 reaches Bob's file.
+    bob = await sign_in(client, "sk-test-bob")
+    response = await client.post("/v1/audio/speech", json=body, headers=bob)
+    assert response.headers["X-Speccy-File-Id"] in files["sk-test-bob"]
+
+
+async def test_revoked_session_fails_on_every_authenticated_endpoint(client: AppClient, data_dir: Path) -> None:
+    """After `speccyd users revoke`, the old token is 401 session_revoked everywhere, /v1 included."""
+    from typer.testing import CliRunner
+
+    from speccyd.cli import app as cli
+
+    alice = await sign_in(client)
+    file = await _ready_file(client, alice)
+    uid = await _user_id(client, "sk-test-alice")
+    result = CliRunner().invoke(cli, ["users", "revoke", uid, "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+
+    async def revoked() -> bool:
+        return (await client.get("/user/usage", headers=alice)).status == 401
+
+    await eventually(revoked, timeout=5, what="the revocation to reach the server")
+    fid, digest = file["file_id"], file["content_hash"]
+    speech = {"model": "tts-1", "voice": "alloy", "input": "after revoke"}
+    for method, path, body in [
+        ("GET", "/user/usage", None), ("GET", "/files", None), ("GET", "/files?since=0&limit=5", None),
+        ("GET", f"/files/{fid}/meta", None), ("GET", f"/files/{fid}", None), ("HEAD", f"/files/{fid}", None),
+        ("GET", f"/tts/{digest}/status", None), ("POST", "/tts/generate", {"text": "after revoke"}),
+        ("DELETE", f"/tts/{fid}", None), ("POST", "/v1/audio/speech", speech),
+    ]:  # fmt: skip
+        response = await client.request(method, path, json=body, headers=alice)
+        assert response.status == 401, f"{method} {path}: {response.status}"
+        if method == "HEAD":
+            continue
+        error = (await response.json())["error"]
+        assert error["code"] == "session_revoked", f"{method} {path}: {error}"
+        if path.startswith("/v1/"):
+            assert set(error) == {"message", "type", "param", "code"}
+    # Nothing was deleted or generated by the refused requests; a fresh sign-in sees the file.
+    again = await sign_in(client)
+    assert (await client.get(f"/files/{fid}", headers=again)).status == 200
+
+
+async def test_live_stream_of_another_users_generating_file_is_404(client: AppClient, fake: FakeUpstream) -> None:
+    """While Alice's file generates, Bob gets 404 for it by session (GET, HEAD, meta, status, delete); a signed
+    URL streams only its own file and only until its expiry; Alice's generation is untouched."""
+    alice, bob = await sign_in(client, "sk-test-alice"), await sign_in(client, "sk-test-bob")
+    fake.gate.clear()
+    try:
+        _, mine = await generate(client, alice, text="Alice's live note")
+        _, his = await generate(client, bob, text="Bob's live note")
+        never = await _envelope(await client.get(f"/files/{'0' * 32}", headers=bob))
+        for method, path in [
+            ("GET", f"/files/{mine['file_id']}"), ("GET", f"/files/{mine['file_id']}/meta"),
+            ("GET", f"/tts/{mine['content_hash']}/status"), ("DELETE", f"/tts/{mine['file_id']}"),
+        ]:  # fmt: skip
+            response = await client.request(method, path, headers=bob)
+            assert response.status == 404, f"{method} {path}"
+            assert (await _envelope(response))["code"] == never["code"]
+        assert (await client.head(f"/files/{mine['file_id']}", headers=bob)).status == 404
+        live = await client.get(mine["url"])  # the signed URL streams the generating file without a session
+        assert live.status == 200 and live.headers["Content-Type"] == "audio/mpeg"
+        live.close()
+        query = mine["url"].split("?", 1)[1]
+        moved = await client.get(f"/files/{his['file_id']}?{query}")
+        assert moved.status == 401
+        assert (await _envelope(moved))["code"] == "invalid_signature"
+        expired = await client.get(f"/files/{mine['file_id']}?exp={int(time.time()) - 1}&sig=x")
+        assert expired.status == 401
+    finally:
+        fake.gate.set()
+    await wait_status(client, alice, mine["content_hash"])
+    assert (await client.get(f"/files/{mine['file_id']}", headers=alice)).status == 200
+
+
+async def test_key_cache_and_database_never_hold_a_key(client: AppClient, settings: Settings) -> None:
+    """The key cache maps HMACs to user ids; no API key is in it, nor anywhere in the data dir."""
+    from speccyd.keys import KEY_CACHE
+
+    keys = ["sk-test-cache-alice-0123456789", "sk-test-cache-bob-9876543210"]
+    body = {"model": "tts-1", "voice": "alloy", "input": "cache me"}
+    await sign_in(client, keys[0])
+    for key in keys:
+        response = await client.post("/v1/audio/speech", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert response.status == 200
+    cache = client.server.app[KEY_CACHE]
+    assert len(cache) == 2
+    held = repr(vars(cache))
+    for key in keys:
+        assert key not in held and key[3:] not in held
+    entries: dict[str, tuple[str, float]] = vars(cache)["_entries"]
+    assert all(len(lookup) == 64 and int(lookup, 16) >= 0 for lookup in entries)  # hex HMACs only
+    await client.close()  # the database and WAL as they stay on disk
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for key in keys:
+                assert key.encode() not in data, path
+
+
+async def test_metrics_leak_no_user_ids_keys_tokens_or_files(make_client: MakeClient, fake: FakeUpstream) -> None:
+    """/metrics, after traffic from two users over every endpoint, names routes and counts only."""
+    client = await make_client(metrics="on")
+    keys = ["sk-test-metrics-alice-000", "sk-test-metrics-bob-111"]
+    secrets: list[str] = [*keys]
+    for key in keys:
+        headers = await sign_in(client, key)
+        secrets += [await _user_id(client, key), headers["Authorization"].split()[1]]
+        file = await _ready_file(client, headers, f"private text of {key}")
+        secrets += [file["file_id"], file["content_hash"], f"private text of {key}", file["url"].split("sig=")[1]]
+        await client.get(file["url"], headers={"Range": "bytes=0-9"})
+        await client.get(f"/files/{file['file_id']}/meta", headers=headers)
+        await client.get("/files?since=0", headers=headers)
+        body = {"model": "tts-1", "voice": "alloy", "input": f"v1 text of {key}"}
+        await client.post("/v1/audio/speech", json=body, headers={"Authorization": f"Bearer {key}"})
+        await client.get(f"/{key}")  # an unmatched path holding a key
+        await client.get(f"/files/{file['file_id']}x")
+    text = await (await client.get("/metrics")).text()
+    assert "speccyd_http_requests_total" in text and 'route="unmatched"' in text
+    for secret in secrets:
+        assert secret not in text, secret[:16]
+
+
+def _secret_forms(secrets_dir: Path) -> dict[str, bytes]:
+    """Every server secret (and the subkeys derived from it) as raw bytes, hex and base64."""
+    loaded = ServerSecrets.load(secrets_dir)
+    raw = {"session": loaded.session_key, "encryption": loaded.encryption_key, "jwt": loaded.jwt_key,
+           "url": loaded.url_key}  # fmt: skip
+    raw.update({p.name: p.read_bytes() for p in secrets_dir.iterdir() if p.is_file()})
+    forms = {}
+    for name, value in raw.items():
+        forms[f"{name} raw"] = value
+        forms[f"{name} hex"] = value.hex().encode()
+        forms[f"{name} base64"] = base64.b64encode(value).rstrip(b"=")
+        forms[f"{name} base64url"] = base64.urlsafe_b64encode(value).rstrip(b"=")
+    return forms
+
+
+async def test_backup_without_secrets_holds_no_secret_in_any_byte(
+    client: AppClient, settings: Settings, tmp_path: Path
+) -> None:
+    """`backup --no-secrets`: no secret (raw, hex or base64), API key or session token in any archived byte."""
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from speccyd.cli import app as cli
+
+    key = "sk-test-backup-0123456789abcdef"
+    headers = await sign_in(client, key)
+    await _ready_file(client, headers, "in the backup")
+    dest = tmp_path / "b.tar.gz"
+    result = CliRunner().invoke(cli, ["backup", str(dest), "--no-secrets", "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    forms = _secret_forms(settings.secrets_dir)
+    forms["api key"] = key.encode()
+    forms["session token"] = headers["Authorization"].split()[1].encode()
+    with tarfile.open(dest) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    assert "speccyd.db" in members and not any(name.startswith("secrets") for name in members)
+    for name, data in members.items():
+        for what, needle in forms.items():
+            assert needle not in data, f"{what} in {name}"
+
+
+def _tamper_backup(backup: Path, file_id: str, fmt: str) -> None:
+    """Rename the backup's one ready file in its database and plant matching bytes where that name points."""
+    import hashlib
+    import sqlite3
+
+    db = backup / "speccyd.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE audio_files SET id = ?, format = ? WHERE status = 'ready'", (file_id, fmt))
+    conn.close()
+    payload = b"#!/bin/sh\necho planted\n"
+    target = backup / "audio" / file_id[:2] / f"{file_id}.{fmt}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(payload)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE audio_files SET size_bytes = ?, sha256 = ? WHERE status = 'ready'",
+            (len(payload), hashlib.sha256(payload).hexdigest()),
+        )
+    conn.close()
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["database_sha256"] = hashlib.sha256(db.read_bytes()).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("file_id", "fmt"),
+    [("../../../../escaped", "sh"), ("..", "/../../../escaped"), ("0" * 32, "mp3/../../../../escaped")],
+    ids=["id", "dotdot id", "format"],
+)
+async def test_restore_refuses_a_database_naming_paths_outside_the_data_dir(
+    client: AppClient, settings: Settings, tmp_path: Path, file_id: str, fmt: str
+) -> None:
+    """A crafted backup whose database names files like ../../x (with matching checksums) is refused, and
+    nothing is written outside the new data dir (restore often runs as root)."""
+    from typer.testing import CliRunner
+
+    from speccyd.cli import app as cli
+
+    await _ready_file(client, await sign_in(client), "to be tampered with")
+    backup = tmp_path / "deep" / "er" / "backup"
+    assert CliRunner().invoke(cli, ["backup", str(backup), "--data-dir", str(settings.data_dir)]).exit_code == 0
+    _tamper_backup(backup, file_id, fmt)
+    before = {p for p in tmp_path.rglob("*")}
+    target = tmp_path / "deep" / "er" / "restored"
+    result = CliRunner().invoke(cli, ["restore", str(backup), "--data-dir", str(target)])
+    assert result.exit_code == 1, result.output
+    assert "cannot be a speccyd file" in result.output
+    assert "Traceback" not in result.output
+    assert {p for p in tmp_path.rglob("*")} - before == set()
+
+
+async def test_restore_refuses_linked_secrets(client: AppClient, settings: Settings, tmp_path: Path) -> None:
+    """A backup directory whose secrets are symlinks (say to /etc/shadow) is refused, not copied through."""
+    from typer.testing import CliRunner
+
+    from speccyd.cli import app as cli
+
+    await sign_in(client)
+    backup = tmp_path / "backup"
+    assert CliRunner().invoke(cli, ["backup", str(backup), "--data-dir", str(settings.data_dir)]).exit_code == 0
+    outside = tmp_path / "not-a-secret"
+    outside.write_text("private data of the machine")
+    victim = next((backup / "secrets").iterdir())
+    victim.unlink()
+    victim.symlink_to(outside)
+    result = CliRunner().invoke(cli, ["restore", str(backup), "--data-dir", str(tmp_path / "restored")])
+    assert result.exit_code == 1, result.output
+    assert "not a plain file" in result.output
+    assert not (tmp_path / "restored").exists()

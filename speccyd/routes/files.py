@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
+from pathlib import Path
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -43,6 +45,26 @@ async def _authorized_row(request: web.Request, file_id: str) -> FileRow:
     return row
 
 
+def etag(st: os.stat_result) -> str:
+    """The ETag aiohttp's FileResponse sends for a file with this stat."""
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _range_applies(request: web.Request, path: Path) -> bool:
+    """Whether the Range will be honoured: always without If-Range; with it, only if it names this version."""
+    if_range = request.headers.get(hdrs.IF_RANGE)
+    if if_range is None:
+        return True
+    try:
+        st = path.stat()
+    except OSError:  # gone: FileResponse answers 404 whatever the Range
+        return False
+    if if_range.strip().startswith(('"', "W/")):
+        return if_range.strip() == etag(st)
+    since = request.if_range  # a date; FileResponse treats one it cannot parse as a match
+    return since is None or st.st_mtime <= since.timestamp()
+
+
 class AudioFileResponse(CountedFileResponse):
     """aiohttp's FileResponse, plus If-Range with an entity tag (aiohttp only understands dates there).
 
@@ -59,9 +81,10 @@ class AudioFileResponse(CountedFileResponse):
                 st = await asyncio.get_running_loop().run_in_executor(None, self._path.stat)
             except OSError:
                 return await super().prepare(request)  # gone: FileResponse answers 404
-            current = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # the ETag FileResponse sends for this file
-            if if_range != current:
-                headers = {k: v for k, v in request.headers.items() if k.lower() != "range"}
+            if if_range != etag(st):
+                # Only ASCII values: clone() encodes them as UTF-8, and a header byte past ASCII (a surrogate
+                # escape here) made it raise, so the connection dropped with a traceback in the log.
+                headers = {k: v for k, v in request.headers.items() if k.lower() != "range" and v.isascii()}
                 request = request.clone(headers=headers)
         return await super().prepare(request)
 
@@ -104,10 +127,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     blobs = request.app[BLOBS]
     if not blobs.exists(row.id, row.format):  # purged a moment ago
         raise ApiError(404, "not_found", "no such file")
-    # With If-Range the Range may not apply at all; the row knows the size, so no extra stat here.
-    if hdrs.RANGE in request.headers and hdrs.IF_RANGE not in request.headers and row.size_bytes is not None:
-        _check_range(request, row.size_bytes)
     path = blobs.path(row.id, row.format)
+    # The row knows the size, so no extra stat without If-Range. With it the Range may not apply at all (a
+    # stat tells); when it does, a bad one must still get our JSON 416, not FileResponse's empty audio/* body.
+    if hdrs.RANGE in request.headers and row.size_bytes is not None and _range_applies(request, path):
+        _check_range(request, row.size_bytes)
     return AudioFileResponse(
         request.app[METRICS],
         path,

@@ -6,6 +6,7 @@ Errors here use OpenAI's envelope (see errors.OPENAI_PREFIX), so the SDKs raise 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -72,8 +73,31 @@ async def _wait_ready(request: web.Request, row: FileRow) -> FileRow:
     if current is None:
         raise ApiError(409, "cancelled", "the audio was deleted while it was being generated")
     if current.status == "failed":
-        raise ApiError(502, "upstream_error", f"generation failed: {current.error}")
+        raise _failure(current.error or "")
     return current
+
+
+# The message upstream.classify wrote for an upstream HTTP error (after any "chunk i of n: " prefix).
+_UPSTREAM_STATUS = re.compile(r"upstream error (\d{3}):")
+# Upstream refusals that no retry can change: answered with the upstream's own status, so OpenAI SDKs raise
+# the same error class as with OpenAI itself and do not retry. A 502 here made an SDK (max_retries=2 by
+# default) repeat the request twice, and each repeat generated again: three upstream calls for one refusal.
+_PASSED_THROUGH = {400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied",
+                   404: "not_found", 429: "rate_limit_exceeded"}  # fmt: skip
+
+
+def _failure(error: str) -> ApiError:
+    """The error an OpenAI client gets for a failed generation."""
+    message = f"generation failed: {error}"
+    if error.startswith("storage_full:"):
+        return ApiError(507, "storage_full", message)
+    if "upstream timed out" in error or "upstream too slow" in error:
+        return ApiError(504, "upstream_timeout", message)
+    match = _UPSTREAM_STATUS.search(error)
+    if match is not None and int(match.group(1)) in _PASSED_THROUGH:
+        status = int(match.group(1))
+        return ApiError(status, _PASSED_THROUGH[status], message)
+    return ApiError(502, "upstream_error", message)
 
 
 @routes.post("/v1/audio/speech")
