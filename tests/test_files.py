@@ -46,6 +46,9 @@ async def test_range_requests(client: AppClient, fake: FakeUpstream) -> None:
     assert await response.read() == full[-10:]
     response = await client.get(url, headers={**headers, "Range": "bytes=5000-6000"})
     assert response.status == 416
+    response = await client.get(url, headers={**headers, "Range": "bytes=-0"})  # the last zero bytes: none
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(full)}"
 
 
 async def test_etag_and_if_range(client: AppClient) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -89,6 +90,9 @@ class AudioFileResponse(CountedFileResponse):
         return await super().prepare(request)
 
 
+_EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-0+\s*")
+
+
 def _check_range(request: web.Request, size: int) -> None:
     """Refuse a bad Range here, so the 416 is our JSON error and not FileResponse's empty audio/* body."""
     unsatisfiable = ApiError(
@@ -97,6 +101,9 @@ def _check_range(request: web.Request, size: int) -> None:
         f"Range must lie within the file's {size} bytes",
         {"Content-Range": f"bytes */{size}"},
     )
+    # "bytes=-0" asks for the last zero bytes (RFC 9110: unsatisfiable); aiohttp reads it as the whole file.
+    if _EMPTY_SUFFIX.fullmatch(request.headers.get(hdrs.RANGE, "")):
+        raise unsatisfiable
     try:
         wanted = request.http_range
     except ValueError:
