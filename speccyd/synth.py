@@ -52,8 +52,8 @@ class JobManager:
         blobs: Blobs,
         upstream: Upstream,
         secrets: ServerSecrets,
-        quotas: Quotas | None = None,
-        metrics: Metrics | None = None,
+        quotas: Quotas,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -86,7 +86,7 @@ class JobManager:
                 return self.ready.hit(cached, now, self._settings.retention)
             self.ready.drop(cached.id)  # purged by another process; the database knows what is left
         store = self._store
-        limits = self._quotas.defaults if self._quotas is not None else None
+        limits = self._quotas.defaults
         try:
             claim = await store.run(store.claim, user_id, speech.new_file(), now, self._settings.retention, limits)
         except QuotaExceeded as e:
@@ -107,8 +107,7 @@ class JobManager:
         return claim.row
 
     def _outcome(self, outcome: str) -> None:
-        if self._metrics is not None:
-            self._metrics.generations.labels(outcome).inc()
+        self._metrics.generations.labels(outcome).inc()
 
     async def get(self, file_id: str) -> FileRow | None:
         """A file by id, from memory when it is ready and known, else from the database."""
@@ -314,7 +313,7 @@ class JobManager:
                 try:
                     async with contextlib.aclosing(chunks):
                         async for chunk in chunks:
-                            if received == 0 and self._metrics is not None:
+                            if received == 0:
                                 self._metrics.upstream_first_byte.observe(time.monotonic() - started)
                             received += len(chunk)
                             if received > MAX_AUDIO_BYTES:
@@ -324,8 +323,7 @@ class JobManager:
                             part.write(cleaner.feed(chunk))
                     result = "ok"
                 finally:
-                    if self._metrics is not None:
-                        self._metrics.upstream_duration.labels(result).observe(time.monotonic() - started)
+                    self._metrics.upstream_duration.labels(result).observe(time.monotonic() - started)
             if received == 0:
                 raise UpstreamError("upstream returned no audio", retryable=True)
             part.write(cleaner.finish())

@@ -113,10 +113,7 @@ async def test_stalled_call_frees_its_slot_for_the_next_job(
     headers = await sign_in(client)
     _, stalled = await generate(client, headers, text="this one stalls")
 
-    async def first_in_flight() -> bool:
-        return len(fake.speech_calls) == 1
-
-    await eventually(first_in_flight, what="the stalled call")
+    await eventually(lambda: len(fake.speech_calls) == 1, what="the stalled call")
     _, queued = await generate(client, headers, text="this one waits for the slot")
     await wait_status(client, headers, stalled["content_hash"], "failed")
     await wait_status(client, headers, queued["content_hash"], "ready")
@@ -151,10 +148,7 @@ async def test_long_retry_after_waits_without_holding_a_slot(
     headers = await sign_in(client)
     _, parked = await generate(client, headers, text="told to wait five minutes")
 
-    async def first_refused() -> bool:
-        return len(fake.speech_calls) == 1
-
-    await eventually(first_refused, what="the 429")
+    await eventually(lambda: len(fake.speech_calls) == 1, what="the 429")
     _, other = await generate(client, headers, text="not blocked by it")
     await wait_status(client, headers, other["content_hash"])
     status = await (await client.get(f"/tts/{parked['content_hash']}/status", headers=headers)).json()

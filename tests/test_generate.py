@@ -218,7 +218,7 @@ async def test_cache_hits_are_recorded_in_the_database(client: AppClient, settin
     store = Store(settings.db_path)
     try:
 
-        async def recorded() -> bool:
+        def recorded() -> bool:
             row = store.get_file(body["file_id"])
             hits = store._db.execute("SELECT count(*) FROM usage_log WHERE kind = 'cache_hit'").fetchone()[0]
             return row is not None and iso(row.expires_at) == hit["expires_at"] and hits == 1
