@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from speccyd.backup import backup, restore
-from speccyd.blobs import Blobs
-from speccyd.crypto import ServerSecrets
-from speccyd.datadir import init_data_dir
-from speccyd.settings import load_settings
-from speccyd.store import NewFile, Store
+from speccyd.config.settings import load_settings
+from speccyd.security.crypto import ServerSecrets
+from speccyd.storage.backup import backup, restore
+from speccyd.storage.blobs import Blobs
+from speccyd.storage.database import NewFile, Store
+from speccyd.storage.datadir import init_data_dir
 
 
 def build(data: Path, files: int, size: int) -> None:

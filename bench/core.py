@@ -26,7 +26,7 @@ import aiohttp
 
 from bench.loadgen import LoadResult, build_request, run_load
 from bench.servers import bench_settings, serve_reference, serve_speccyd
-from speccyd.blobs import Blobs
+from speccyd.storage.blobs import Blobs
 from tests.conftest import generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, serve_fake
 

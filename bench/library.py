@@ -22,9 +22,9 @@ from aiohttp import web
 
 from bench.servers import HOST, bench_settings
 from speccyd.app import create_app
-from speccyd.keys import BLOBS, SESSIONS, STORE
-from speccyd.store import NewFile, Store
-from speccyd.tts import content_hash
+from speccyd.appkeys import BLOBS, SESSIONS, STORE
+from speccyd.generation.speech import content_hash
+from speccyd.storage.database import NewFile, Store
 
 FULL_SYNC_GOAL = 5.0  # seconds for a new device to sync 10,000 files in pages of 1000
 INCREMENTAL_GOAL = 0.05  # seconds (median) for a returning device to fetch a handful of changes

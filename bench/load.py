@@ -214,7 +214,7 @@ class Load:
             await self.live_stream(http, user)
         elif roll < 0.68:
             text = rng.choice(list(user.files.values()))
-            from speccyd.tts import content_hash
+            from speccyd.generation.speech import content_hash
 
             digest = content_hash("tts-1", "alloy", "mp3", 1.0, None, text)
             await self._call(http, "status", "GET", f"/tts/{digest}/status", headers=self._auth(user))

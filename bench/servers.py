@@ -20,11 +20,11 @@ from typing import Any
 from aiohttp import web
 
 from speccyd.app import create_app
-from speccyd.cleanup import expire
-from speccyd.keys import BLOBS, SECRETS, STORE
+from speccyd.appkeys import BLOBS, SECRETS, STORE
+from speccyd.config.settings import Settings, load_settings
+from speccyd.generation.cleanup import expire
 from speccyd.server import AccessLogger, configure_logging
-from speccyd.settings import Settings, load_settings
-from speccyd.store import NewFile
+from speccyd.storage.database import NewFile
 
 HOST = "127.0.0.1"  # loopback only, always
 

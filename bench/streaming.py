@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from speccyd.chunking import split_text
+from speccyd.generation.chunking import split_text
 from tests.fake_upstream import FakeUpstream, serve_fake
 
 HOST = "127.0.0.1"  # loopback only

@@ -12,14 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from speccyd.blobs import Blobs
-from speccyd.cleanup import cleanup_loop
-from speccyd.crypto import ServerSecrets
-from speccyd.datadir import init_data_dir
-from speccyd.discovery import Announcer
-from speccyd.errors import error_middleware
-from speccyd.keycache import KeyCache
-from speccyd.keys import (
+from speccyd.appkeys import (
     ANNOUNCER,
     AUTH_FAILURE_LIMIT,
     BLOBS,
@@ -36,18 +29,25 @@ from speccyd.keys import (
     STORE,
     UPSTREAM,
 )
-from speccyd.metrics import Metrics, metrics_middleware
-from speccyd.quotas import Quotas, limits_from
-from speccyd.ratelimit import RateLimiter
-from speccyd.revocations import Revocations, refresh_loop
-from speccyd.routes import setup_routes
-from speccyd.routes.metrics import metrics_app
-from speccyd.routes.metrics import routes as metrics_routes
-from speccyd.sessions import Sessions
-from speccyd.settings import Settings, split_listen
-from speccyd.store import SESSIONS_VALID_AFTER, Store, quarantine, quick_check
-from speccyd.synth import JobManager
-from speccyd.upstream import Upstream
+from speccyd.config.settings import Settings, split_listen
+from speccyd.generation.cleanup import cleanup_loop
+from speccyd.generation.quotas import Quotas, limits_from
+from speccyd.generation.runner import JobManager
+from speccyd.generation.upstream import Upstream
+from speccyd.ops.discovery import Announcer
+from speccyd.ops.metrics import Metrics, metrics_middleware
+from speccyd.security.crypto import ServerSecrets
+from speccyd.security.keycache import KeyCache
+from speccyd.security.ratelimit import RateLimiter
+from speccyd.security.revocations import Revocations, refresh_loop
+from speccyd.security.sessions import Sessions
+from speccyd.storage.blobs import Blobs
+from speccyd.storage.database import SESSIONS_VALID_AFTER, Store, quarantine, quick_check
+from speccyd.storage.datadir import init_data_dir
+from speccyd.web.errors import error_middleware
+from speccyd.web.handlers.metrics import metrics_app
+from speccyd.web.handlers.metrics import routes as metrics_routes
+from speccyd.web.routes import setup_routes
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ async def mdns_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.mdns:
         yield
         return
-    from speccyd.tls import fingerprint
+    from speccyd.security.tls import fingerprint
 
     store = app[STORE]
     server_id = await store.run(store.server_id)

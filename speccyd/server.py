@@ -17,9 +17,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from speccyd import __version__
 from speccyd.app import apply_reload, create_app
-from speccyd.keys import ANNOUNCER
-from speccyd.settings import Settings, SettingsError, load_settings
-from speccyd.tls import server_context
+from speccyd.appkeys import ANNOUNCER
+from speccyd.config.settings import Settings, SettingsError, load_settings
+from speccyd.security.tls import server_context
 
 log = logging.getLogger("speccyd")
 

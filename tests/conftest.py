@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from speccyd.app import create_app
-from speccyd.migrations import MIGRATIONS
-from speccyd.settings import Settings, load_settings
+from speccyd.config.settings import Settings, load_settings
+from speccyd.storage.migrations import MIGRATIONS
 from tests.fake_upstream import CLIP_RATE, FakeUpstream, ffmpeg_available, make_clips
 
 AppClient = TestClient[web.Request, web.Application]
@@ -162,7 +162,7 @@ def old_database(path: Path, version: int) -> sqlite3.Connection:
 @pytest.fixture
 def settings_db(data_dir: Path) -> Any:
     """A second connection to the test server's database, as the CLI would open it (after the app started)."""
-    from speccyd.store import Store
+    from speccyd.storage.database import Store
 
     stores: list[Store] = []
 

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from speccyd.blobs import TMP_DIR
+from speccyd.storage.blobs import TMP_DIR
 
 
 @dataclass(frozen=True)

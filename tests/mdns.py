@@ -7,7 +7,7 @@ from types import TracebackType
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from speccyd.discovery import SERVICE_TYPE
+from speccyd.ops.discovery import SERVICE_TYPE
 from tests.conftest import eventually
 
 LOOPBACK_ONLY = ["127.0.0.1"]

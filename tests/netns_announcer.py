@@ -14,8 +14,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from speccyd.discovery import Announcer
-from speccyd.settings import load_settings
+from speccyd.config.settings import load_settings
+from speccyd.ops.discovery import Announcer
 
 
 async def main(name: str, port: int) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speccyd.audiojoin import Joiner, JoinError, mp3_frame_length
+from speccyd.media.join import Joiner, JoinError, mp3_frame_length
 
 
 def clean(joiner: Joiner, index: int, data: bytes, cuts: list[int]) -> bytes:

@@ -9,7 +9,7 @@ import warnings
 
 import jwt
 
-from speccyd.crypto import ServerSecrets
+from speccyd.security.crypto import ServerSecrets
 from tests.conftest import AppClient, sign_in
 from tests.fake_upstream import FakeUpstream
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from speccyd.app import create_app
 from speccyd.cli import app as cli
-from speccyd.settings import load_settings
+from speccyd.config.settings import load_settings
 from tests.conftest import TEST_OVERRIDES, AppClient, generate, sign_in, wait_status
 
 MakeClient = Callable[..., Awaitable[AppClient]]

@@ -6,7 +6,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speccyd.chunking import split_text
+from speccyd.generation.chunking import split_text
 
 
 def assert_round_trip(text: str, chunks: list[str]) -> list[int]:

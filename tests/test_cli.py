@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from speccyd import __version__
-from speccyd.settings import load_settings
-from speccyd.store import NewFile, Store
+from speccyd.config.settings import load_settings
+from speccyd.storage.database import NewFile, Store
 from tests.conftest import sign_in
 from tests.server_process import run_cli
 
@@ -62,7 +62,7 @@ def _seed(data: Path, files: int, *, expired: int = 0) -> tuple[Store, str]:
     settings = load_settings(data, env={})
     store = Store(settings.db_path)
     user = store.upsert_user("hash", lambda uid: b"enc", time.time())
-    from speccyd.blobs import Blobs
+    from speccyd.storage.blobs import Blobs
 
     blobs = Blobs(settings.audio_dir)
     for i in range(files):

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from speccyd import __version__
+from speccyd.appkeys import ANNOUNCER, STORE
 from speccyd.cli import app
-from speccyd.discovery import Announcer, txt_record
-from speccyd.keys import ANNOUNCER, STORE
+from speccyd.ops.discovery import Announcer, txt_record
 from tests.conftest import AppClient
 from tests.mdns import Browser
 from tests.server_process import LOOPBACK_MDNS, SPECCYD, ServerProcess, clean_env

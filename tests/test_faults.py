@@ -10,9 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from speccyd.blobs import TMP_DIR
-from speccyd.chunking import split_text
-from speccyd.keys import JOBS
+from speccyd.appkeys import JOBS
+from speccyd.generation.chunking import split_text
+from speccyd.storage.blobs import TMP_DIR
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.invariants import check_data_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from speccyd.settings import Settings
+from speccyd.config.settings import Settings
 from tests.conftest import AppClient, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 
@@ -98,7 +98,7 @@ async def test_signed_url_is_bound_to_its_file_and_expiry(client: AppClient) -> 
 
 async def test_expired_signed_url_is_refused(client: AppClient, settings: Settings) -> None:
     """A URL whose expiry has passed is refused even with a correct signature."""
-    from speccyd.crypto import ServerSecrets
+    from speccyd.security.crypto import ServerSecrets
 
     headers = await sign_in(client)
     ready = await _ready_file(client, headers)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from speccyd.tts import FORMATS, MODELS, VOICES
+from speccyd.generation.speech import FORMATS, MODELS, VOICES
 from tests.conftest import AppClient, eventually, sign_in
 from tests.fake_upstream import FakeUpstream
 
@@ -338,7 +338,7 @@ fence_texts = st.lists(st.sampled_from(["```\n", "~~~py\n", "  ```\n", "text\n",
 def test_fence_lookup_by_bisection_matches_a_scan_of_every_fence(pieces: list[str], position: int) -> None:
     """Whether a cut lies inside a code fence is found by bisection (a scan of every fence per cut took 13 s of
     CPU for 100,000 characters of fences); it answers exactly as the scan does."""
-    from speccyd.chunking import _FENCE, _Splitter
+    from speccyd.generation.chunking import _FENCE, _Splitter
 
     text = "".join(pieces)
     splitter = _Splitter(text, 10)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from speccyd.settings import Settings
-from speccyd.store import Store
-from speccyd.timeutil import iso
-from speccyd.tts import content_hash
+from speccyd.config.settings import Settings
+from speccyd.config.units import iso
+from speccyd.generation.speech import content_hash
+from speccyd.storage.database import Store
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 

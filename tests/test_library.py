@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speccyd.cleanup import expire, purge
-from speccyd.keys import BLOBS, STORE
-from speccyd.store import NewFile, PurgeFilter, Store
+from speccyd.appkeys import BLOBS, STORE
+from speccyd.generation.cleanup import expire, purge
+from speccyd.storage.database import NewFile, PurgeFilter, Store
 from tests.conftest import AppClient, eventually, generate, old_database, sign_in, wait_status
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from speccyd.app import create_app
-from speccyd.settings import Settings
+from speccyd.config.settings import Settings
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from speccyd.audiojoin import mp3_frame_length
-from speccyd.chunking import split_text
+from speccyd.generation.chunking import split_text
+from speccyd.media.join import mp3_frame_length
 from tests.conftest import AppClient, decode, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import CLIP_DURATIONS, FakeUpstream, Fault
 
@@ -70,7 +70,7 @@ async def test_long_text_is_split_within_the_limit_and_joined_in_order(
 
 async def test_content_hash_covers_the_whole_text(make_client: MakeClient) -> None:
     """A long text's content_hash is the core formula over the whole text, not over a chunk."""
-    from speccyd.tts import content_hash
+    from speccyd.generation.speech import content_hash
 
     client = await make_client(upstream_max_chars=LIMIT)
     headers = await sign_in(client)

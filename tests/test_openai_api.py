@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import openai
 import pytest
 
-from speccyd.tts import MODELS, VOICES
+from speccyd.generation.speech import MODELS, VOICES
 from tests.conftest import AppClient, eventually, sign_in
 from tests.fake_upstream import FakeUpstream, Fault
 

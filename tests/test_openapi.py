@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from speccyd.routes.contract import openapi_document
-from speccyd.tts import FORMATS, MODELS, VOICES
+from speccyd.generation.speech import FORMATS, MODELS, VOICES
+from speccyd.web.handlers.contract import openapi_document
 from tests.conftest import AppClient, generate, sign_in, wait_status
 from tests.fake_upstream import Fault
 

@@ -204,7 +204,7 @@ def test_json_log_lines_are_objects_without_secrets() -> None:
 )
 def test_operations_settings_parse(tmp_path: Path, key: str, value: str, expected: object) -> None:
     """Sizes, limits, prices, listen addresses and log formats parse from their documented spellings."""
-    from speccyd.settings import load_settings
+    from speccyd.config.settings import load_settings
 
     assert getattr(load_settings(tmp_path, {key: value}, env={}), key) == expected
 
@@ -216,7 +216,7 @@ def test_operations_settings_parse(tmp_path: Path, key: str, value: str, expecte
 )  # fmt: skip
 def test_operations_settings_reject_bad_values(tmp_path: Path, key: str, value: str) -> None:
     """A bad value is refused with the key and where it came from."""
-    from speccyd.settings import SettingsError, load_settings
+    from speccyd.config.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match=rf"^{key}: .*\(from option"):
         load_settings(tmp_path, {key: value}, env={})

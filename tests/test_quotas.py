@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from speccyd.quotas import next_utc_midnight
-from speccyd.store import Store
+from speccyd.generation.quotas import next_utc_midnight
+from speccyd.storage.database import Store
 from tests.conftest import AppClient, generate, old_database, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 
@@ -145,7 +145,7 @@ async def test_user_usage_limits_are_null_when_off(client: AppClient) -> None:
 
 def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None:
     """A schema-1 database gains tokens, revocation and limit columns; its users and usage are kept."""
-    from speccyd.store import SCHEMA_VERSION, LimitOverrides
+    from speccyd.storage.database import SCHEMA_VERSION, LimitOverrides
 
     path = tmp_path / "old.db"
     db = old_database(path, 1)

@@ -20,8 +20,8 @@ import jwt
 import pytest
 import yarl
 
-from speccyd.crypto import ServerSecrets
-from speccyd.settings import Settings
+from speccyd.config.settings import Settings
+from speccyd.security.crypto import ServerSecrets
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.server_process import ServerProcess
@@ -292,7 +292,7 @@ async def test_request_cannot_steer_the_upstream(client: AppClient, fake: FakeUp
 
 def test_secrets_and_data_dir_permissions(settings: Settings) -> None:
     """The data dir, secrets dir and audio dir are 0700; key files, config and database are 0600."""
-    from speccyd.datadir import init_data_dir
+    from speccyd.storage.datadir import init_data_dir
 
     init_data_dir(settings)
     for directory in (settings.data_dir, settings.secrets_dir, settings.audio_dir):
@@ -629,7 +629,7 @@ async def test_live_stream_of_another_users_generating_file_is_404(client: AppCl
 
 async def test_key_cache_and_database_never_hold_a_key(client: AppClient, settings: Settings) -> None:
     """The key cache maps HMACs to user ids; no API key is in it, nor anywhere in the data dir."""
-    from speccyd.keys import KEY_CACHE
+    from speccyd.appkeys import KEY_CACHE
 
     keys = ["sk-test-cache-alice-0123456789", "sk-test-cache-bob-9876543210"]
     body = {"model": "tts-1", "voice": "alloy", "input": "cache me"}

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speccyd.cli import app
-from speccyd.service import LAUNCHD_LOG_DIR, launchd_plist, plan_install, running_command, systemd_unit
+from speccyd.ops.unitfiles import LAUNCHD_LOG_DIR, launchd_plist, plan_install, running_command, systemd_unit
 from tests.conftest import eventually, sign_in
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import LOOPBACK_MDNS, SPECCYD, ServerProcess, clean_env

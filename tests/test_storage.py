@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from speccyd.blobs import Blobs
-from speccyd.datadir import init_data_dir
-from speccyd.settings import Settings, load_settings
-from speccyd.store import MIGRATIONS, SCHEMA_VERSION, NewFile, Store, StoreError
+from speccyd.config.settings import Settings, load_settings
+from speccyd.storage.blobs import Blobs
+from speccyd.storage.database import MIGRATIONS, SCHEMA_VERSION, NewFile, Store, StoreError
+from speccyd.storage.datadir import init_data_dir
 
 
 def test_pragmas_and_schema(tmp_path: Path) -> None:

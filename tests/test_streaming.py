@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from speccyd.chunking import split_text
+from speccyd.generation.chunking import split_text
 from tests.conftest import AppClient, decode, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.server_process import start_server

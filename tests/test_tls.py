@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from speccyd.cli import app
-from speccyd.settings import SettingsError, load_settings
-from speccyd.tls import fingerprint, host_names_and_addresses
+from speccyd.config.settings import SettingsError, load_settings
+from speccyd.security.tls import fingerprint, host_names_and_addresses
 from tests.mdns import Browser
 from tests.server_process import LOOPBACK_MDNS, ServerProcess, settings_env
 

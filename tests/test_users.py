@@ -11,7 +11,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from speccyd.cli import app as cli
-from speccyd.revocations import REFRESH
+from speccyd.security.revocations import REFRESH
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.server_process import run_cli
 

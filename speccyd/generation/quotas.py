@@ -1,0 +1,58 @@
+"""Per-user limits on new generations: the server-wide defaults, and the error a user sees past one.
+
+The check itself runs inside `Store.claim`, in the same transaction that creates the row, so it only
+ever applies to *new* generations: a cache hit or joining a generation in flight is never refused, since
+it costs nothing upstream and stores nothing new. Per-user overrides live in the database
+(`speccyd users limit`); the defaults come from settings and are replaced on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from speccyd.config.settings import Settings, format_size
+from speccyd.config.units import iso
+from speccyd.storage.database import Limits, QuotaExceeded
+from speccyd.web.errors import ApiError
+
+DAY = 86400
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(settings.daily_char_quota, settings.storage_quota, settings.max_files)
+
+
+class Quotas:
+    """The server-wide default limits; one mutable holder so a reload reaches every user at once."""
+
+    def __init__(self, defaults: Limits) -> None:
+        self.defaults = defaults
+
+
+def next_utc_midnight(now: float) -> float:
+    return now - (now % DAY) + DAY
+
+
+def quota_error(e: QuotaExceeded, characters: int, now: float | None = None) -> ApiError:
+    """429 for the daily limit (it resets at UTC midnight), 507 for storage and file count."""
+    now = time.time() if now is None else now
+    if e.limit == "daily_chars":
+        reset = next_utc_midnight(now)
+        return ApiError(
+            429,
+            "quota_exceeded",
+            f"daily character quota reached: {e.used} of {e.allowed} characters used today, this request needs "
+            f"{characters}; it resets at {iso(reset)} (midnight UTC)",
+            {"Retry-After": str(max(1, math.ceil(reset - now)))},
+        )
+    when = (
+        f"space frees up as your audio expires (the next file at {iso(e.frees_at)}) or when you delete files"
+        if e.frees_at is not None
+        else "delete files to make room"
+    )
+    if e.limit == "storage":
+        what = f"storage quota reached: {format_size(e.used)} stored of {format_size(e.allowed)} allowed"
+    else:
+        what = f"file limit reached: {e.used} of {e.allowed} files kept"
+    return ApiError(507, "quota_exceeded", f"{what}; {when}")

@@ -1,0 +1,397 @@
+"""Generation jobs: one background task per new audio file, bounded upstream concurrency, retries.
+
+A text longer than `upstream_max_chars` is split into chunks generated in parallel (at most
+`chunk_concurrency` per job, and `upstream_concurrency` for the whole server) and joined in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from speccyd.config.settings import Settings
+from speccyd.generation.assembly import Part, assemble
+from speccyd.generation.chunking import split_text
+from speccyd.generation.live import LiveFile
+from speccyd.generation.quotas import Quotas, quota_error
+from speccyd.generation.readycache import ReadyCache
+from speccyd.generation.speech import SpeechRequest
+from speccyd.generation.upstream import Upstream, UpstreamError
+from speccyd.media.join import Cleaner, Joiner, JoinError
+from speccyd.ops.metrics import Metrics
+from speccyd.security.crypto import ServerSecrets
+from speccyd.storage.blobs import TMP_DIR, Blobs, BlobWriter
+from speccyd.storage.database import FileRow, QuotaExceeded, Store, UnknownUser
+from speccyd.web.errors import STORAGE_FULL_MESSAGE, ApiError, StorageFull
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+# The longest answer OpenAI can give is 4,096 characters at speed 0.25 as 24 kHz 16-bit PCM: about 18 minutes,
+# 52 MB. Past this an upstream is broken, and would otherwise fill the disk until the deadline.
+MAX_AUDIO_BYTES = 128 * 1024 * 1024
+# A full disk (or quota): retrying the upstream call would pay for audio we cannot keep.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _storage_error(e: OSError) -> StorageFull | None:
+    return StorageFull() if e.errno in _NO_SPACE else None
+
+
+class JobManager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        blobs: Blobs,
+        upstream: Upstream,
+        secrets: ServerSecrets,
+        quotas: Quotas,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._blobs = blobs
+        self._upstream = upstream
+        self._secrets = secrets
+        self._quotas = quotas
+        self._metrics = metrics
+        self.ready = ReadyCache()
+        self._slots = asyncio.Semaphore(settings.upstream_concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._live: dict[str, LiveFile] = {}
+
+    @property
+    def running(self) -> int:
+        """Generations in progress (the speccyd_generations_running metric)."""
+        return len(self._tasks)
+
+    async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
+        """Audio for this request: cached, already in flight, or a generation started now.
+
+        Quotas are checked (inside the claim) only for a new generation: see speccyd/quotas.py.
+        """
+        now = time.time()
+        cached = self.ready.find(user_id, speech.content_hash)
+        if cached is not None and not cached.is_expired(now):
+            if self._blobs.exists(cached.id, cached.format):
+                self._outcome("cache_hit")
+                return self.ready.hit(cached, now, self._settings.retention)
+            self.ready.drop(cached.id)  # purged by another process; the database knows what is left
+        store = self._store
+        limits = self._quotas.defaults
+        try:
+            claim = await store.run(store.claim, user_id, speech.new_file(), now, self._settings.retention, limits)
+        except QuotaExceeded as e:
+            self._outcome("quota_exceeded")
+            raise quota_error(e, len(speech.text)) from None
+        except UnknownUser:
+            raise ApiError(401, "invalid_session", "this session's user no longer exists; sign in again") from None
+        if claim.replaced is not None:
+            self.ready.drop(claim.replaced.id)
+            self._blobs.remove(claim.replaced.id, claim.replaced.format)
+        if claim.created:
+            self.start(claim.row)
+        elif claim.row.status == "ready":
+            self._outcome("cache_hit")
+        else:
+            self._outcome("joined")
+        self.ready.put(claim.row)
+        return claim.row
+
+    def _outcome(self, outcome: str) -> None:
+        self._metrics.generations.labels(outcome).inc()
+
+    async def get(self, file_id: str) -> FileRow | None:
+        """A file by id, from memory when it is ready and known, else from the database."""
+        row = self.ready.get(file_id)
+        if row is None:
+            row = await self._store.run(self._store.get_file, file_id)
+            if row is not None:
+                self.ready.put(row)
+        return row
+
+    async def delete(self, user_id: str, file_id: str) -> bool:
+        """Delete a user's file: its row, any job in flight, then its audio."""
+        row = await self._store.run(self._store.delete_file, user_id, file_id)
+        if row is None:
+            return False
+        self.ready.drop(file_id)
+        await self.cancel(file_id)
+        self._blobs.remove(row.id, row.format)
+        return True
+
+    async def flush_hits(self) -> None:
+        hits = self.ready.drain()
+        if hits:
+            await self._store.run(self._store.record_hits, hits)
+
+    async def flush_hits_forever(self, interval: float = 1.0) -> None:
+        # Expiry has one-second resolution anyway; a crash loses at most this much hit bookkeeping.
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_hits()
+            except Exception:
+                log.exception("recording cache hits failed; will retry")
+
+    def start(self, row: FileRow) -> None:
+        if row.id in self._tasks:
+            return
+        # Created here, not in the task, so a reader arriving right after the request finds it.
+        live = LiveFile()
+        self._live[row.id] = live
+        task = asyncio.create_task(self._run(row, live), name=f"generate {row.id}")
+        self._tasks[row.id] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(row.id, None)
+            self._live.pop(row.id, None)
+
+        task.add_done_callback(forget)
+
+    def live(self, file_id: str) -> LiveFile | None:
+        """The in-progress view of a file this process is generating, for readers to follow."""
+        return self._live.get(file_id)
+
+    def end_streams(self) -> None:
+        """Cut every live reader (at shutdown: a stream waiting on a job would hold the server up)."""
+        for live in self._live.values():
+            live.abandon_readers()
+
+    async def cancel(self, file_id: str) -> None:
+        task = self._tasks.get(file_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        """Cancel every job; their rows stay 'generating' and are resumed at the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    async def _run(self, row: FileRow, live: LiveFile) -> None:
+        store = self._store
+        try:
+            blob = await store.run(store.user_key, row.user_id)
+            api_key = self._secrets.decrypt_key(blob, row.user_id) if blob is not None else None
+            if api_key is None:
+                raise UpstreamError("the server cannot use this user's key any more; sign in again", retryable=False)
+            await self._generate(row, api_key, live)
+            self._outcome("generated")
+        except UpstreamError as e:
+            log.warning("generation %s failed: %s", row.id, e.message)
+            self._outcome("failed")
+            await store.run(store.mark_failed, row.id, e.message, time.time())
+        except StorageFull:
+            log.error("generation %s failed: no space left for audio in %s", row.id, self._blobs.root)
+            self._outcome("failed")
+            try:
+                await store.run(store.mark_failed, row.id, f"storage_full: {STORAGE_FULL_MESSAGE}", time.time())
+            except StorageFull:
+                # Not even the failure fits: the row stays 'generating' and is retried at the next start.
+                log.error("generation %s: cannot record the failure either; the disk is full", row.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("generation %s failed unexpectedly", row.id)
+            self._outcome("failed")
+            await store.run(store.mark_failed, row.id, "internal error while generating", time.time())
+        finally:
+            if live.state == "generating":  # failed or cancelled: readers must not see a clean end
+                live.fail()
+
+    async def _split(self, text: str) -> list[str]:
+        limit = self._settings.upstream_max_chars
+        if len(text) <= limit:
+            return [text]
+        # Up to ~0.1 s for 100,000 characters: off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, split_text, text, limit)
+
+    async def _generate(self, row: FileRow, api_key: str, live: LiveFile) -> None:
+        texts = await self._split(row.text)
+        try:
+            joiner = Joiner(row.format, len(texts))
+        except JoinError as e:
+            raise UpstreamError(str(e), retryable=False) from None
+        live.chunks_total = len(texts)
+        try:
+            writer = self._blobs.writer(row.id, row.format)
+        except OSError as e:
+            raise _storage_error(e) or e from None
+        live.open(writer.temp, writer.final)
+        parts = [Part(self._blobs.root / TMP_DIR) for _ in texts]
+        job = _Job(row, api_key, joiner, live, asyncio.Semaphore(self._settings.chunk_concurrency))
+        try:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for index, text in enumerate(texts):
+                        group.create_task(self._chunk(job, index, text, parts[index]))
+                    group.create_task(assemble(parts, writer, live))
+            except BaseExceptionGroup as group_error:
+                cause = _first_cause(group_error)
+                if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+                    cause = _storage_error(cause) or cause
+                raise cause from None
+            for offset, data in joiner.patches(writer.size):
+                writer.patch(offset, data)
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            for part in parts:
+                part.close()
+        # Shielded: once the audio is complete, a cancel must not leave the file and its row out of step.
+        finish = asyncio.ensure_future(self._finish(row, writer, live))
+        self._finishing.add(finish)
+        finish.add_done_callback(self._finishing.discard)
+        await asyncio.shield(finish)
+
+    async def _chunk(self, job: _Job, index: int, text: str, part: Part) -> None:
+        """One chunk, with the core's retry rules: bounded attempts, Retry-After, backoff with jitter."""
+        attempts = self._settings.upstream_attempts
+        total = job.live.chunks_total
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._attempt(job, text, part, job.joiner.cleaner(index))
+                job.live.chunk_done()
+                return
+            except UpstreamError as e:
+                if not e.retryable or attempt == attempts:
+                    if attempt > 1:
+                        e.message = f"{e.message} (after {attempt} attempts)"
+                    if total > 1:
+                        e.message = f"chunk {index + 1} of {total}: {e.message}"
+                    raise
+                delay = e.retry_after
+                if delay is None:
+                    # Exponential backoff with jitter so many failed jobs do not return in lockstep.
+                    base = min(MAX_BACKOFF, self._settings.retry_backoff * 2 ** (attempt - 1))
+                    delay = base * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not security
+                log.info(
+                    "generation %s chunk %d attempt %d failed (%s); retrying in %.2fs",
+                    job.row.id,
+                    index + 1,
+                    attempt,
+                    e.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, job: _Job, text: str, part: Part, cleaner: Cleaner) -> None:
+        row = job.row
+        received = 0
+        deadline = self._settings.upstream_deadline
+        try:
+            # The job's own limit first, then a server-wide slot: never more than upstream_concurrency calls.
+            # upstream_timeout bounds each wait for bytes; the deadline bounds the whole call, so a trickle
+            # of bytes cannot hold an upstream slot forever.
+            async with job.chunk_slots, self._slots, asyncio.timeout(deadline):
+                part.begin()
+                started = time.monotonic()
+                result = "error"
+                chunks = self._upstream.speech(
+                    job.api_key,
+                    text=text,
+                    model=row.model,
+                    voice=row.voice,
+                    fmt=row.format,
+                    speed=row.speed,
+                    instructions=row.instructions,
+                )
+                try:
+                    async with contextlib.aclosing(chunks):
+                        async for chunk in chunks:
+                            if received == 0:
+                                self._metrics.upstream_first_byte.observe(time.monotonic() - started)
+                            received += len(chunk)
+                            if received > MAX_AUDIO_BYTES:
+                                raise UpstreamError(
+                                    f"upstream sent more than {MAX_AUDIO_BYTES // 2**20} MiB of audio", retryable=False
+                                )
+                            part.write(cleaner.feed(chunk))
+                    result = "ok"
+                finally:
+                    self._metrics.upstream_duration.labels(result).observe(time.monotonic() - started)
+            if received == 0:
+                raise UpstreamError("upstream returned no audio", retryable=True)
+            part.write(cleaner.finish())
+            part.finish()
+        except JoinError as e:
+            part.abort()
+            raise UpstreamError(f"cannot join the upstream's audio: {e}", retryable=False) from None
+        except TimeoutError:
+            part.abort()
+            raise UpstreamError(f"upstream too slow: no complete audio within {deadline:g}s", retryable=True) from None
+        except OSError as e:
+            part.abort()
+            raise _storage_error(e) or e from None
+        except BaseException:
+            part.abort()
+            raise
+
+    async def _finish(self, row: FileRow, writer: BlobWriter, live: LiveFile) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, writer.commit)
+        except OSError as e:
+            writer.discard()
+            raise _storage_error(e) or e from None
+        except BaseException:
+            writer.discard()
+            raise
+        store = self._store
+        now = time.time()
+        try:
+            stored = await store.run(
+                store.mark_ready, row.id, writer.size, writer.sha256, now, self._settings.retention
+            )
+        except BaseException:  # the row could not say "ready" (a full disk): keep no file it does not name
+            self._blobs.remove(row.id, row.format)
+            raise
+        if not stored:  # deleted or purged while generating: keep no audio without a row
+            self._blobs.remove(row.id, row.format)
+            return
+        ready = dataclasses.replace(
+            row, status="ready", size_bytes=writer.size, sha256=writer.sha256, updated_at=now,
+            expires_at=now + self._settings.retention,
+        )  # fmt: skip
+        self.ready.put(ready)
+        live.finish()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every chunk of one generation shares."""
+
+    row: FileRow
+    api_key: str
+    joiner: Joiner
+    live: LiveFile
+    chunk_slots: asyncio.Semaphore  # chunk_concurrency: this job's share of the upstream
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that stopped a job's task group: an upstream failure if there is one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    for error in leaves:
+        if isinstance(error, UpstreamError):
+            return error
+    return leaves[0]

@@ -1,0 +1,120 @@
+"""What a speech request may contain, how it is validated, and its content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from speccyd.media.join import JOINABLE
+from speccyd.storage.database import NewFile
+from speccyd.web.errors import ApiError
+
+VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "nova",
+    "onyx", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
+MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+INSTRUCTION_MODELS = ("gpt-4o-mini-tts",)  # tts-1 and tts-1-hd ignore instructions; refuse instead
+CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+FORMATS = tuple(CONTENT_TYPES)
+MAX_INSTRUCTIONS = 4096
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+
+
+def content_hash(model: str, voice: str, fmt: str, speed: float, instructions: str | None, text: str) -> str:
+    """Lowercase hex SHA-256 of the request's fields joined by newlines; apps compute it offline too."""
+    joined = "\n".join([model, voice, fmt, f"{speed:.2f}", instructions or "", text])
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    voice: str
+    model: str
+    format: str
+    speed: float
+    instructions: str | None
+    content_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        digest = content_hash(self.model, self.voice, self.format, self.speed, self.instructions, self.text)
+        object.__setattr__(self, "content_hash", digest)  # frozen: computed once, used on every hit
+
+    def new_file(self) -> NewFile:
+        return NewFile(
+            content_hash=self.content_hash,
+            model=self.model,
+            voice=self.voice,
+            format=self.format,
+            speed=self.speed,
+            instructions=self.instructions,
+            text=self.text,
+        )
+
+
+def _is_unicode(value: str) -> bool:
+    """JSON can carry lone surrogates ("\\ud800"); they cannot be hashed or sent upstream as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _choice(body: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], code: str) -> str:
+    value = body.get(key, default)
+    if value not in allowed:
+        raise ApiError(400, code, f"{key} must be one of: {', '.join(allowed)}")
+    return str(value)
+
+
+def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max_chars: int = 4096) -> SpeechRequest:
+    """Validate a generate request; each rule fails with its own error code.
+
+    Text longer than `upstream_max_chars` is split and its audio joined, which only some formats allow.
+    """
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "invalid_text", "text must be a non-empty string")
+    if not _is_unicode(text):
+        raise ApiError(400, "invalid_text", "text must be valid Unicode (it has a lone surrogate)")
+    if len(text) > max_text_chars:
+        raise ApiError(400, "text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}")
+    voice = _choice(body, "voice", "alloy", VOICES, "invalid_voice")
+    model = _choice(body, "model", "tts-1", MODELS, "invalid_model")
+    fmt = _choice(body, "format", "mp3", FORMATS, "invalid_format")
+    if len(text) > upstream_max_chars and fmt not in JOINABLE:
+        raise ApiError(
+            400,
+            "format_not_joinable",
+            f"{fmt} audio is limited to {upstream_max_chars} characters of text (it cannot be joined from parts); "
+            f"this text is {len(text)}: use one of {', '.join(JOINABLE)} for long text",
+        )
+
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed):
+        raise ApiError(400, "invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise ApiError(400, "invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str) or not _is_unicode(instructions):
+            raise ApiError(400, "invalid_instructions", "instructions must be a string of valid Unicode")
+        if len(instructions) > MAX_INSTRUCTIONS:
+            raise ApiError(400, "invalid_instructions", f"instructions are limited to {MAX_INSTRUCTIONS} characters")
+        if model not in INSTRUCTION_MODELS:
+            raise ApiError(400, "invalid_instructions", f"instructions only work with {', '.join(INSTRUCTION_MODELS)}")
+        instructions = instructions or None
+    # Rounded as the content hash rounds it, so the upstream hears exactly what the hash names.
+    return SpeechRequest(text, voice, model, fmt, round(float(speed), 2), instructions)

@@ -1,0 +1,81 @@
+"""The user's library for every device: change-ordered sync with tombstones, and one file's metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from speccyd.appkeys import JOBS, STORE
+from speccyd.config.units import iso
+from speccyd.storage.database import CursorTooOld, FileRow
+from speccyd.web.auth import require_user
+from speccyd.web.common import FILE_ID, file_json
+from speccyd.web.errors import ApiError
+
+routes = web.RouteTableDef()
+
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+PREVIEW_CHARS = 200  # enough for a list row on a phone; the full text stays on the server
+
+
+def file_meta(request: web.Request, row: FileRow) -> dict[str, Any]:
+    text = row.text
+    return {
+        **file_json(request, row),
+        "voice": row.voice,
+        "model": row.model,
+        "format": row.format,
+        "speed": row.speed,
+        "instructions": row.instructions,
+        "text_preview": text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…",
+        "characters": row.characters,
+        "size_bytes": row.size_bytes,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int, code: str) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or not low <= int(raw) <= high:
+        raise ApiError(400, code, f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+@routes.get("/files")
+async def library(request: web.Request) -> web.Response:
+    """Files changed and removed since `since`, oldest change first; follow next_cursor while has_more."""
+    user_id = require_user(request)
+    since = _query_int(request, "since", 0, 0, 10**18, "invalid_cursor")
+    limit = _query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, "invalid_limit")
+    store = request.app[STORE]
+    try:
+        # Cache hits answered from memory change expiries; write them first so this page includes them.
+        await request.app[JOBS].flush_hits()
+        page = await store.run(store.changes_since, user_id, since, limit)
+    except CursorTooOld as e:
+        raise ApiError(410, "cursor_expired", f"{e}; sync again from the start (since=0)") from None
+    return web.json_response(
+        {
+            "files": [file_meta(request, row) for _, row in page.files],
+            "deleted": [
+                {"file_id": t.file_id, "content_hash": t.content_hash, "reason": t.reason, "deleted_at": iso(t.at)}
+                for t in page.tombstones
+            ],
+            "next_cursor": str(page.next_cursor),
+            "has_more": page.has_more,
+        }
+    )
+
+
+@routes.get(f"/files/{FILE_ID}/meta")
+async def meta(request: web.Request) -> web.Response:
+    user_id = require_user(request)
+    store = request.app[STORE]
+    row = await store.run(store.get_file, request.match_info["file_id"])
+    if row is None or row.user_id != user_id:  # another user's file is "not found", never "forbidden"
+        raise ApiError(404, "not_found", "no such file")
+    return web.json_response(file_meta(request, row))

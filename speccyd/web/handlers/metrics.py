@@ -1,0 +1,44 @@
+"""GET /metrics in the Prometheus text format: on the main port only when `metrics = on`."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from speccyd.appkeys import JOBS, METRICS, SETTINGS, STORE
+from speccyd.generation.costs import WINDOW_30D, price_table, summarize
+
+routes = web.RouteTableDef()
+
+
+async def scrape(app: web.Application) -> web.Response:
+    """Refresh the gauges that live in the database, then render every metric."""
+    metrics, store = app[METRICS], app[STORE]
+    await app[JOBS].flush_hits()  # so the hit ratio counts the hits of the last second too
+    files, size = await store.run(store.storage_totals)
+    metrics.files_stored.set(files)
+    metrics.bytes_stored.set(size)
+    lines = await store.run(store.usage_lines, time.time() - WINDOW_30D)
+    ratio = summarize(lines, price_table(app[SETTINGS])).cache_hit_ratio
+    metrics.cache_hit_ratio.set(ratio or 0.0)
+    metrics.jobs_running.set(app[JOBS].running)
+    # Content-Type carries parameters (version, charset), so it goes in as a header, not content_type=.
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return await scrape(request.app)
+
+
+def metrics_app(main: web.Application) -> web.Application:
+    """The small app behind `metrics_listen`: only /metrics, reading the main app's state."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return await scrape(main)
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    return app

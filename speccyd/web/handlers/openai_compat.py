@@ -1,0 +1,161 @@
+"""OpenAI's speech API under /v1, answered through speccyd's cache, so OpenAI SDKs and tools work unchanged.
+
+Errors here use OpenAI's envelope (see errors.OPENAI_PREFIX), so the SDKs raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from speccyd.appkeys import BLOBS, GENERATE_LIMIT, JOBS, SETTINGS, STORE
+from speccyd.generation.speech import CONTENT_TYPES, MODELS, VOICES, parse_speech_request
+from speccyd.storage.database import FileRow
+from speccyd.web.auth import require_user_or_key
+from speccyd.web.common import json_body
+from speccyd.web.errors import ApiError
+from speccyd.web.handlers.files import stream_live
+
+routes = web.RouteTableDef()
+
+# speccyd's validation codes -> the OpenAI request field they are about.
+_PARAM_OF_CODE = {
+    "invalid_text": "input",
+    "text_too_long": "input",
+    "invalid_voice": "voice",
+    "invalid_model": "model",
+    "invalid_format": "response_format",
+    "invalid_speed": "speed",
+    "invalid_instructions": "instructions",
+}
+# Messages from parse_speech_request name speccyd's fields; these clients know OpenAI's names.
+_RENAMED = {"text ": "input ", "format ": "response_format "}
+_REQUIRED = ("model", "input", "voice")
+# Polling a local row is cheap; the interval grows so a long generation costs a few queries a second.
+_POLL_FIRST, _POLL_MAX = 0.02, 0.25
+
+
+def _speccy_body(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's request body in speccyd's field names; nulls mean "not given", as in OpenAI's SDKs."""
+    for name in _REQUIRED:
+        if body.get(name) is None:
+            raise ApiError(400, "missing_required_parameter", f"you must provide '{name}'", param=name)
+    stream_format = body.get("stream_format")
+    if stream_format not in (None, "audio"):
+        raise ApiError(400, "invalid_value", "stream_format must be 'audio'", param="stream_format")
+    ours = {
+        "text": body["input"],
+        "model": body["model"],
+        "voice": body["voice"],
+        "format": body.get("response_format"),
+        "speed": body.get("speed"),
+        "instructions": body.get("instructions"),
+    }
+    return {k: v for k, v in ours.items() if v is not None}
+
+
+async def _wait_ready(request: web.Request, row: FileRow) -> FileRow:
+    """The row once generation has finished, within `speech_wait`."""
+    store = request.app[STORE]
+    deadline = time.monotonic() + request.app[SETTINGS].speech_wait
+    delay = _POLL_FIRST
+    current: FileRow | None = row
+    while current is not None and current.status == "generating":
+        if time.monotonic() >= deadline:
+            raise ApiError(504, "timeout", "the audio is still being generated; try again to collect it")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX)
+        current = await store.run(store.get_file, row.id)
+    if current is None:
+        raise ApiError(409, "cancelled", "the audio was deleted while it was being generated")
+    if current.status == "failed":
+        raise _failure(current.error or "")
+    return current
+
+
+# The message upstream.classify wrote for an upstream HTTP error (after any "chunk i of n: " prefix).
+_UPSTREAM_STATUS = re.compile(r"upstream error (\d{3}):")
+# Upstream refusals that no retry can change: answered with the upstream's own status, so OpenAI SDKs raise
+# the same error class as with OpenAI itself and do not retry. A 502 here made an SDK (max_retries=2 by
+# default) repeat the request twice, and each repeat generated again: three upstream calls for one refusal.
+_PASSED_THROUGH = {400: "invalid_request_error", 401: "invalid_api_key", 403: "permission_denied",
+                   404: "not_found", 429: "rate_limit_exceeded"}  # fmt: skip
+
+
+def _failure(error: str) -> ApiError:
+    """The error an OpenAI client gets for a failed generation."""
+    message = f"generation failed: {error}"
+    if error.startswith("storage_full:"):
+        return ApiError(507, "storage_full", message)
+    if "upstream timed out" in error or "upstream too slow" in error:
+        return ApiError(504, "upstream_timeout", message)
+    match = _UPSTREAM_STATUS.search(error)
+    if match is not None and int(match.group(1)) in _PASSED_THROUGH:
+        status = int(match.group(1))
+        return ApiError(status, _PASSED_THROUGH[status], message)
+    return ApiError(502, "upstream_error", message)
+
+
+@routes.post("/v1/audio/speech")
+async def speech(request: web.Request) -> web.StreamResponse:
+    """Audio bytes for an OpenAI speech request: from disk when cached, else generated once."""
+    user_id = await require_user_or_key(request)
+    wait = request.app[GENERATE_LIMIT].take(user_id)
+    if wait:
+        raise ApiError(429, "rate_limited", f"too many requests; try again in {wait}s", {"Retry-After": str(wait)})
+    body = await json_body(request)
+    try:
+        settings = request.app[SETTINGS]
+        speech = parse_speech_request(_speccy_body(body), settings.max_text_chars, settings.upstream_max_chars)
+    except ApiError as e:
+        message = e.message
+        for old, new in _RENAMED.items():
+            if message.startswith(old):
+                message = new + message[len(old) :]
+        raise ApiError(e.status, e.code, message, param=e.param or _PARAM_OF_CODE.get(e.code)) from None
+
+    jobs = request.app[JOBS]
+    row = await jobs.request(user_id, speech)
+    live = jobs.live(row.id) if row.status == "generating" else None
+    if live is not None:
+        # Stream as OpenAI does, but only once audio flows: a generation refused before its first byte
+        # still reaches the SDK as a clean error status instead of a cut 200.
+        try:
+            await asyncio.wait_for(live.started(), request.app[SETTINGS].speech_wait)
+        except TimeoutError:
+            raise ApiError(504, "timeout", "the audio is still being generated; try again to collect it") from None
+        if live.state == "generating" and live.length > 0:
+            return await stream_live(request, live, row, {"X-Speccy-File-Id": row.id})
+    row = await _wait_ready(request, row)
+    path = request.app[BLOBS].path(row.id, row.format)
+    if not path.is_file():  # purged between the status check and now
+        raise ApiError(409, "cancelled", "the audio was deleted while it was being sent")
+    return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[row.format], "X-Speccy-File-Id": row.id})
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "speccyd"}
+
+
+@routes.get("/v1/models")
+async def models(request: web.Request) -> web.Response:
+    """The text-to-speech models speccyd accepts (a fixed list: no upstream call, no sign-in)."""
+    return web.json_response({"object": "list", "data": [_model(m) for m in MODELS]})
+
+
+@routes.get("/v1/models/{model}")
+async def model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model"]
+    if model_id not in MODELS:
+        raise ApiError(404, "model_not_found", f"the model '{model_id}' does not exist", param="model")
+    return web.json_response(_model(model_id))
+
+
+@routes.get("/v1/audio/voices")
+async def voices(request: web.Request) -> web.Response:
+    """The voices speech requests may name."""
+    return web.json_response({"object": "list", "data": [{"id": v, "name": v.capitalize()} for v in VOICES]})
