@@ -35,7 +35,7 @@ from speccyd.generation.quotas import Quotas, limits_from
 from speccyd.generation.runner import JobManager
 from speccyd.generation.upstream import Upstream
 from speccyd.ops.discovery import Announcer
-from speccyd.ops.metrics import Metrics, metrics_middleware
+from speccyd.ops.metrics import Metrics
 from speccyd.security.crypto import ServerSecrets
 from speccyd.security.keycache import KeyCache
 from speccyd.security.ratelimit import RateLimiter
@@ -44,9 +44,9 @@ from speccyd.security.sessions import Sessions
 from speccyd.storage.blobs import Blobs
 from speccyd.storage.database import SESSIONS_VALID_AFTER, Store, quarantine, quick_check
 from speccyd.storage.datadir import init_data_dir
-from speccyd.web.errors import error_middleware
 from speccyd.web.handlers.metrics import metrics_app
 from speccyd.web.handlers.metrics import routes as metrics_routes
+from speccyd.web.middleware import error_middleware, metrics_middleware
 from speccyd.web.routes import setup_routes
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from speccyd.config.settings import SPECS, Settings, SettingsError, config_template, load_settings, parse_duration
+from speccyd.config.settings import SPECS, Settings, SettingsError, config_template, load_settings
+from speccyd.config.units import parse_duration
 
 
 def test_defaults(tmp_path: Path) -> None:

@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from speccyd.cli import DataDir, app, fail
+from speccyd.cli.common import DataDir, fail
 
 service_app = typer.Typer(
     help="Start speccyd at boot with systemd (Linux) or launchd (macOS).", no_args_is_help=True, rich_markup_mode=None
 )
-app.add_typer(service_app, name="service")
 
 Scope = Annotated[
     bool | None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from speccyd.cli import DataDir, app, fail, find_user, open_store, removed_line, settings_for
+from speccyd.cli.common import DataDir, fail, find_user, open_store, removed_line, settings_for
 from speccyd.config.units import iso
 
 
@@ -17,11 +17,10 @@ def _iso(timestamp: float) -> str:
 
 
 users_app = typer.Typer(help="List, inspect, limit and sign out users.", no_args_is_help=True)
-app.add_typer(users_app, name="users")
 
 
 def _limit_text(override: int | None, default: int, size: bool = False) -> str:
-    from speccyd.config.settings import format_size
+    from speccyd.config.units import format_size
 
     value = default if override is None else override
     shown = "none" if not value else (format_size(value) if size else str(value))
@@ -165,7 +164,8 @@ def users_limit(
     max_files: Annotated[str | None, typer.Option("--max-files", help="Files kept; 0/off = none; 'default'.")] = None,
 ) -> None:
     """Give one user their own limits instead of the server-wide settings."""
-    from speccyd.config.settings import SPECS, parse_size
+    from speccyd.config.settings import SPECS
+    from speccyd.config.units import parse_size
 
     changes: dict[str, int | None] = {}
     for name, option, value, parse in (

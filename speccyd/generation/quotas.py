@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import time
 
-from speccyd.config.settings import Settings, format_size
-from speccyd.config.units import iso
+from speccyd.config.settings import Settings
+from speccyd.config.units import format_size, iso
 from speccyd.storage.database import Limits, QuotaExceeded
 from speccyd.web.errors import ApiError
 

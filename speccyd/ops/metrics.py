@@ -6,14 +6,7 @@ are read from the database when /metrics is scraped, so they are right even afte
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from speccyd.web.errors import Handler
 
 # Upstream speech calls take from ~0.3s (short text, first byte) to a minute (4096 characters, whole body).
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
@@ -58,45 +51,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def route_label(request: web.Request) -> str:
-    # The route's pattern, never the raw path: file ids and hashes would make one series per file.
-    info = request.match_info
-    route = getattr(info, "route", None)
-    resource = getattr(route, "resource", None)
-    if resource is None:
-        return "unmatched"
-    return str(resource.canonical)
-
-
-def metrics_middleware(metrics: Metrics) -> Middleware:
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as e:
-            status = e.status
-            raise
-        finally:
-            metrics.requests.labels(request.method, route_label(request), str(status)).inc()
-
-    return middleware
-
-
-class CountedFileResponse(web.FileResponse):
-    """A FileResponse counted in `speccyd_active_streams` while aiohttp sends it (all of it is in prepare)."""
-
-    def __init__(self, metrics: Metrics, path: Path, headers: dict[str, str]) -> None:
-        super().__init__(path, headers=headers)
-        self._active = metrics.active_streams
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        self._active.inc()
-        try:
-            return await super().prepare(request)
-        finally:
-            self._active.dec()

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Stable codes for the errors aiohttp raises itself (routing, body size, ...).
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -83,7 +83,7 @@ def openai_error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _respond(
+def respond(
     request: web.Request,
     status: int,
     code: str,
@@ -94,25 +94,3 @@ def _respond(
     if request.path.startswith(OPENAI_PREFIX):
         return openai_error_response(status, code, message, param, headers)
     return error_response(status, code, message, headers)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as e:
-        return _respond(request, e.status, e.code, e.message, e.headers, e.param)
-    except StorageFull:
-        log.error("%s %s failed: the data dir's disk is full", request.method, request.rel_url.raw_path)
-        return _respond(request, 507, "storage_full", STORAGE_FULL_MESSAGE)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        code = _HTTP_CODES.get(e.status, "http_error")
-        message = e.reason if e.status != 413 else "request body is larger than 1 MiB"
-        headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After", "Content-Range")}
-        return _respond(request, e.status, code, message, headers)
-    except Exception:
-        # The traceback goes to the log only; the client learns nothing about internals.
-        log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
-        return _respond(request, 500, "internal_error", "internal server error")

@@ -11,8 +11,7 @@ from aiohttp import web
 
 from speccyd import __version__
 from speccyd.appkeys import SETTINGS, STARTED_AT, STORE
-from speccyd.config.settings import format_duration, format_size
-from speccyd.config.units import iso
+from speccyd.config.units import format_duration, format_size, iso
 from speccyd.generation.cleanup import LAST_CLEANUP
 
 routes = web.RouteTableDef()

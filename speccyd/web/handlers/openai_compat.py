@@ -18,7 +18,7 @@ from speccyd.storage.database import FileRow
 from speccyd.web.auth import require_user_or_key
 from speccyd.web.common import json_body
 from speccyd.web.errors import ApiError
-from speccyd.web.handlers.files import stream_live
+from speccyd.web.streaming import stream_live
 
 routes = web.RouteTableDef()
 

@@ -1,0 +1,97 @@
+"""`speccyd purge`: delete audio and its records by age, user or expiry; safe while the server runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from speccyd.cli.common import DataDir, fail, find_user, open_store, removed_line, settings_for
+from speccyd.config.settings import Settings
+from speccyd.config.units import parse_duration
+
+
+def purge(
+    data_dir: DataDir = None,
+    expired: Annotated[bool, typer.Option("--expired", help="Expired audio (the default).")] = False,
+    everything: Annotated[bool, typer.Option("--all", help="All audio of every user.")] = False,
+    user: Annotated[str | None, typer.Option("--user", help="All audio of one user (id or unique prefix).")] = None,
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="Audio created longer ago than this (e.g. 3d).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete audio files and their records; safe while the server runs."""
+    from speccyd.storage.database import PurgeFilter
+
+    settings = settings_for(data_dir)
+    age = None
+    if older_than is not None:
+        try:
+            age = parse_duration(older_than)
+        except ValueError as e:
+            fail(f"--older-than: {e}", 2)
+    store = open_store(settings)
+    try:
+        user_id = None if user is None else find_user(store, user, "--user ")
+        what = PurgeFilter(
+            expired=expired or not (everything or user_id or age),
+            all=everything,
+            user_id=user_id,
+            older_than=age,
+        )
+        now = time.time()
+        candidates = store.select_purge(what, now)
+        total_mb = sum(r.size_bytes or 0 for r in candidates) / 1_000_000
+        if not candidates:
+            typer.echo("nothing to remove")
+            return
+        if dry_run:
+            for row in candidates:
+                typer.echo(f"would remove {row.id} ({row.status}, user {row.user_id[:8]}, {row.size_bytes or 0} bytes)")
+            typer.echo(f"would remove {len(candidates)} files, {total_mb:.1f} MB")
+            return
+        if not yes:
+            typer.confirm(f"Remove {len(candidates)} files ({total_mb:.1f} MB)?", abort=True)
+        started = time.monotonic()
+        removed = _purge_with_progress(store, settings, what, now, len(candidates))
+    finally:
+        store.close()
+    if len(removed) <= LIST_REMOVED:
+        for row in removed:
+            typer.echo(f"removed {row.id} ({row.status}, user {row.user_id[:8]})")
+    _purge_summary(removed, time.monotonic() - started)
+
+
+# Up to this many removed files are listed one per line; beyond it, a progress bar and a summary only.
+LIST_REMOVED = 20
+
+
+def _purge_with_progress(store: Any, settings: Settings, what: Any, now: float, expected: int) -> list[Any]:
+    from speccyd.generation.cleanup import purge as run_purge
+    from speccyd.storage.blobs import Blobs
+
+    blobs = Blobs(settings.audio_dir)
+    if expected <= LIST_REMOVED:
+        return list(run_purge(store, blobs, what, now))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("removing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # On stderr so a script reading stdout sees only the summary.
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("purge", total=expected)
+        return list(run_purge(store, blobs, what, now, progress=lambda rows: bar.advance(task, len(rows))))
+
+
+def _purge_summary(removed: list[Any], seconds: float) -> None:
+    users: dict[str, int] = {}
+    for row in removed:
+        users[row.user_id] = users.get(row.user_id, 0) + 1
+    typer.echo(removed_line(removed))
+    if removed:
+        most = ", ".join(f"{u[:8]} ({n})" for u, n in sorted(users.items(), key=lambda kv: -kv[1])[:5])
+        typer.echo(f"  {len(users)} users: {most}{', ...' if len(users) > 5 else ''}; took {seconds:.1f}s")
