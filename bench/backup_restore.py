@@ -9,6 +9,7 @@ directory backup, a .tar.gz backup and a restore of each. Bounded: at most 20,00
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import os
 import tempfile
@@ -17,29 +18,30 @@ from pathlib import Path
 
 from speccyd.config.settings import load_settings
 from speccyd.security.crypto import ServerSecrets
+from speccyd.security.provision import init_data_dir
 from speccyd.storage.backup import backup, restore
-from speccyd.storage.blobs import Blobs
-from speccyd.storage.database import NewFile, Store
-from speccyd.storage.datadir import init_data_dir
+from speccyd.storage.blobs import open_blobs
+from speccyd.storage.database import open_database
+from speccyd.storage.records import NewFile
 
 
-def build(data: Path, files: int, size: int) -> None:
+async def build(data: Path, files: int, size: int) -> None:
     settings = load_settings(data, env={})
-    init_data_dir(settings)
+    await init_data_dir(settings)
     secrets = ServerSecrets.load(settings.secrets_dir)
-    store = Store(settings.db_path)
-    blobs = Blobs(settings.audio_dir)
-    user = store.upsert_user("bench", lambda uid: secrets.encrypt_key("sk-bench", uid), time.time())
+    db = open_database(settings)
+    blobs = open_blobs(settings)
+    user = await db.upsert_user("bench", lambda uid: secrets.encrypt_key("sk-bench", uid), time.time())
     audio = os.urandom(size)
     for n in range(files):
         text = f"bench file {n}"
         new = NewFile(hashlib.sha256(text.encode()).hexdigest(), "tts-1", "alloy", "mp3", 1.0, None, text)
-        row = store.claim(user, new, time.time(), 86400).row
+        row = (await db.claim(user, new, time.time(), 86400)).row
         writer = blobs.writer(row.id, row.format)
         writer.write(audio)
-        writer.commit()
-        store.mark_ready(row.id, writer.size, writer.sha256, time.time(), 86400)
-    store.close()
+        await writer.commit()
+        await db.mark_ready(row.id, writer.size, writer.sha256, time.time(), 86400)
+    await db.close()
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        build(root / "data", files, args.size)
+        asyncio.run(build(root / "data", files, args.size))
         print(f"built {files} files x {args.size} bytes in {time.perf_counter() - started:.1f}s")
         settings = load_settings(root / "data", env={})
         for name in ("snap", "snap.tar.gz"):

@@ -26,7 +26,7 @@ import aiohttp
 
 from bench.loadgen import LoadResult, build_request, run_load
 from bench.servers import bench_settings, serve_reference, serve_speccyd
-from speccyd.storage.blobs import Blobs
+from speccyd.storage.blobs import LocalBlobs
 from tests.conftest import generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, serve_fake
 
@@ -242,7 +242,7 @@ async def bench(args: argparse.Namespace) -> bool:
         speccyd = await start_server("speccyd", ["--role", "speccyd", str(data_dir), upstream_url], log)
         servers.append(speccyd)
         prepared = await prepare(speccyd.ports["port"], fake)
-        audio = Blobs(bench_settings(data_dir, upstream_url).audio_dir).path(prepared.file_id, "mp3")
+        audio = LocalBlobs(bench_settings(data_dir, upstream_url).audio_dir).path(prepared.file_id, "mp3")
         answer = workdir / "answer.json"
         answer.write_text(json.dumps(prepared.answer))
         reference = await start_server("reference", ["--role", "reference", str(audio), str(answer)], log)

@@ -22,24 +22,25 @@ from aiohttp import web
 
 from bench.servers import HOST, bench_settings
 from speccyd.app import create_app
-from speccyd.appkeys import BLOBS, SESSIONS, STORE
+from speccyd.appkeys import BLOBS, DATABASE, SESSIONS
 from speccyd.generation.speech import content_hash
-from speccyd.storage.database import NewFile, Store
+from speccyd.storage.database import Database
+from speccyd.storage.records import NewFile
 
 FULL_SYNC_GOAL = 5.0  # seconds for a new device to sync 10,000 files in pages of 1000
 INCREMENTAL_GOAL = 0.05  # seconds (median) for a returning device to fetch a handful of changes
 AUDIO = b"\xff\xf3" * 16_000  # 32 KB of "audio" for the cache-hit file
 
 
-def seed(store: Store, user_id: str, count: int) -> str:
-    """`count` ready files for the user; returns the id of one whose audio exists on disk."""
+async def seed(db: Database, user_id: str, count: int) -> str:
+    """`count` ready files for the user; returns the id of the first (its audio is written by the caller)."""
     now = time.time()
     first = ""
     for i in range(count):
         text = f"text {i}"
         new = NewFile(content_hash("tts-1", "alloy", "mp3", 1.0, None, text), "tts-1", "alloy", "mp3", 1.0, None, text)
-        claim = store.claim(user_id, new, now, 7e5)
-        store.mark_ready(claim.row.id, len(AUDIO), "0" * 64, now, 7e5)
+        claim = await db.claim(user_id, new, now, 7e5)
+        await db.mark_ready(claim.row.id, len(AUDIO), "0" * 64, now, 7e5)
         first = first or claim.row.id
     return first
 
@@ -68,14 +69,14 @@ async def run(count: int, limit: int, requests: int) -> bool:
         port = runner.addresses[0][1]
         base = f"http://{HOST}:{port}"
         try:
-            store = app[STORE]
-            user_id = await store.run(store.upsert_user, "bench-user", lambda _: b"unused", time.time())
+            db = app[DATABASE]
+            user_id = await db.upsert_user("bench-user", lambda _: b"unused", time.time())
             started = time.perf_counter()
-            file_id = await store.run(seed, store, user_id, count)
+            file_id = await seed(db, user_id, count)
             print(f"seeded {count} ready files in {time.perf_counter() - started:.1f}s")
             writer = app[BLOBS].writer(file_id, "mp3")
             writer.write(AUDIO)
-            writer.commit()
+            await writer.commit()
             token, _ = app[SESSIONS].issue(user_id, 3600)
             headers = {"Authorization": f"Bearer {token}"}
 
@@ -90,7 +91,7 @@ async def run(count: int, limit: int, requests: int) -> bool:
                 for i in range(50):  # bounded: 50 rounds of 5 changes then one sync
                     for j in range(5):
                         new = NewFile(f"{count + i * 5 + j:064x}", "tts-1", "nova", "mp3", 1.0, None, "new")
-                        await store.run(store.claim, user_id, new, time.time(), 7e5)
+                        await db.claim(user_id, new, time.time(), 7e5)
                     started = time.perf_counter()
                     changed, cursor = await sync(session, base, headers, limit, cursor)
                     incremental.append(time.perf_counter() - started)

@@ -20,11 +20,12 @@ from typing import Any
 from aiohttp import web
 
 from speccyd.app import create_app
-from speccyd.appkeys import BLOBS, SECRETS, STORE
+from speccyd.appkeys import BLOBS, DATABASE, SECRETS
 from speccyd.config.settings import Settings, load_settings
 from speccyd.generation.cleanup import expire
 from speccyd.server import AccessLogger, configure_logging
-from speccyd.storage.database import NewFile
+from speccyd.storage.records import NewFile
+from speccyd.storage.sqlite import SqliteDatabase
 
 HOST = "127.0.0.1"  # loopback only, always
 
@@ -72,25 +73,37 @@ async def _start(app: web.Application, **runner_options: Any) -> tuple[web.AppRu
 # --- speccyd, plus a control app for what only an in-process hook can measure ---
 
 
-def _seed_expired(app: web.Application, count: int) -> None:
-    """`count` ready rows that expired an hour ago, each with a 16 KiB file, made with the store's own methods.
+async def _seed_expired(app: web.Application, count: int) -> None:
+    """`count` ready rows that expired an hour ago, each with a 16 KiB file, made with the database's methods.
 
-    Runs on the store thread. The files are written plainly rather than through BlobWriter, whose two fsyncs
-    per file would make seeding 5,000 rows take far longer than the cleanup being measured.
+    The files are written plainly rather than through a blob writer, whose two fsyncs per file would make
+    seeding 5,000 rows take far longer than the cleanup being measured.
     """
-    store, blobs, secrets = app[STORE], app[BLOBS], app[SECRETS]
+    db, blobs, secrets = app[DATABASE], app[BLOBS], app[SECRETS]
     past = time.time() - 3600
     key = "sk-test-bench-expired"
-    user_id = store.upsert_user(secrets.key_lookup_hash(key), lambda uid: secrets.encrypt_key(key, uid), past)
+    user_id = await db.upsert_user(secrets.key_lookup_hash(key), lambda uid: secrets.encrypt_key(key, uid), past)
     audio = b"\0" * 16384
     for i in range(count):
         text = f"expired row {i} {past}"
         new = NewFile(hashlib.sha256(text.encode()).hexdigest(), "tts-1", "alloy", "mp3", 1.0, None, text)
-        row = store.claim(user_id, new, past, 60.0).row
-        path = blobs.path(row.id, row.format)
+        row = (await db.claim(user_id, new, past, 60.0)).row
+        path = blobs.local_path(row.id, row.format)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         path.write_bytes(audio)
-        store.mark_ready(row.id, len(audio), hashlib.sha256(audio).hexdigest(), past, 60.0)
+        await db.mark_ready(row.id, len(audio), hashlib.sha256(audio).hexdigest(), past, 60.0)
+
+
+def _expire_on_the_loop(app: web.Application) -> int:
+    """The same deletes as a cleanup pass, run on the event loop's own thread: what a blocking query costs."""
+    db, blobs = app[DATABASE], app[BLOBS]
+    assert isinstance(db, SqliteDatabase)
+    rows = db.connection.execute(
+        "DELETE FROM audio_files WHERE status != 'generating' AND expires_at <= ? RETURNING id, format", (time.time(),)
+    ).fetchall()
+    for file_id, fmt in rows:
+        blobs.local_path(file_id, fmt).unlink(missing_ok=True)
+    return len(rows)
 
 
 async def _heartbeat(stop: asyncio.Event, lags: list[float], interval: float = 0.001) -> None:
@@ -108,9 +121,8 @@ def control_app(speccyd: web.Application) -> web.Application:
     @routes.post("/seed")
     async def seed(request: web.Request) -> web.Response:
         count = int(request.query["count"])
-        store = speccyd[STORE]
         start = time.perf_counter()
-        await store.run(_seed_expired, speccyd, count)
+        await _seed_expired(speccyd, count)
         return web.json_response({"seeded": count, "seconds": time.perf_counter() - start})
 
     @routes.post("/lag")
@@ -118,7 +130,7 @@ def control_app(speccyd: web.Application) -> web.Application:
         """Event-loop lag while one cleanup pass runs: on the store thread (as speccyd does), on the loop
         (what a blocking query would cost), or with nothing running (the floor)."""
         mode = request.query["mode"]
-        store, blobs = speccyd[STORE], speccyd[BLOBS]
+        db, blobs = speccyd[DATABASE], speccyd[BLOBS]
         lags: list[float] = []
         stop = asyncio.Event()
         beat = asyncio.create_task(_heartbeat(stop, lags))
@@ -126,9 +138,9 @@ def control_app(speccyd: web.Application) -> web.Application:
         start = time.perf_counter()
         removed = 0
         if mode == "thread":
-            removed = len(await store.run(expire, store, blobs))
+            removed = len(await expire(db, blobs, time.time()))
         elif mode == "loop":
-            removed = len(expire(store, blobs))  # deliberately blocking: the reference for "what if"
+            removed = _expire_on_the_loop(speccyd)  # deliberately blocking: the reference for "what if"
         elif mode == "idle":
             await asyncio.sleep(0.5)
         else:

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -16,34 +16,41 @@ from speccyd.appkeys import (
     ANNOUNCER,
     AUTH_FAILURE_LIMIT,
     BLOBS,
+    CLOCK,
+    DATABASE,
+    FILES,
     GENERATE_LIMIT,
-    JOBS,
     KEY_CACHE,
     METRICS,
     QUOTAS,
     REVOCATIONS,
+    RUNNER,
     SECRETS,
     SESSIONS,
     SETTINGS,
+    SIGN_IN,
     STARTED_AT,
-    STORE,
     UPSTREAM,
 )
+from speccyd.config.clock import SYSTEM_CLOCK, Clock
 from speccyd.config.settings import Settings, split_listen
-from speccyd.generation.cleanup import cleanup_loop
+from speccyd.generation.files import FileService
 from speccyd.generation.quotas import Quotas, limits_from
-from speccyd.generation.runner import JobManager
+from speccyd.generation.readycache import ReadyCache
+from speccyd.generation.runner import JobRunner
 from speccyd.generation.upstream import Upstream
 from speccyd.ops.discovery import Announcer
 from speccyd.ops.metrics import Metrics
 from speccyd.security.crypto import ServerSecrets
 from speccyd.security.keycache import KeyCache
+from speccyd.security.provision import init_data_dir
 from speccyd.security.ratelimit import RateLimiter
 from speccyd.security.revocations import Revocations, refresh_loop
 from speccyd.security.sessions import Sessions
-from speccyd.storage.blobs import Blobs
-from speccyd.storage.database import SESSIONS_VALID_AFTER, Store, quarantine, quick_check
-from speccyd.storage.datadir import init_data_dir
+from speccyd.security.signin import SignIn
+from speccyd.storage.blobs import open_blobs
+from speccyd.storage.database import open_database
+from speccyd.storage.sqlite import quarantine, quick_check
 from speccyd.web.handlers.metrics import metrics_app
 from speccyd.web.handlers.metrics import routes as metrics_routes
 from speccyd.web.middleware import error_middleware, metrics_middleware
@@ -76,73 +83,85 @@ def set_aside_corrupt_database(settings: Settings) -> bool:
     return True
 
 
+@contextlib.asynccontextmanager
+async def background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` while the app serves; cancel it and wait for it at cleanup."""
+    task = asyncio.create_task(work)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    app[STARTED_AT] = time.time()
+    settings, clock = app[SETTINGS], app[CLOCK]
+    app[STARTED_AT] = clock.now()
     fresh = set_aside_corrupt_database(settings)
-    init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
+    await init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
     app[SECRETS] = ServerSecrets.load(settings.secrets_dir)
-    app[SESSIONS] = Sessions(app[SECRETS])
-    store = Store(settings.db_path)
-    app[STORE] = store
+    app[SESSIONS] = Sessions(app[SECRETS], app[REVOCATIONS], clock)
+    db = open_database(settings)
+    app[DATABASE] = db
     if fresh:  # sessions name users the new database does not have: end them all
-        await store.run(store.set_meta, SESSIONS_VALID_AFTER, repr(time.time()))
-    blobs = Blobs(settings.audio_dir)
+        await db.revoke_all_sessions(clock.now())
+    blobs = open_blobs(settings)
     app[BLOBS] = blobs
     # Files without a ready row are leftovers of a crash (or of a purge racing a generation).
-    await store.run(lambda: blobs.sweep(store.ready_ids()))
+    await blobs.sweep(await db.ready_ids())
     yield
-    store.close()
+    await db.close()
+
+
+async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    db, revocations = app[DATABASE], app[REVOCATIONS]
+    revocations.load(await db.revocations())  # before the first request, not a second later
+    async with background(refresh_loop(db, revocations)):
+        yield
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    upstream = Upstream(app[SETTINGS].openai_base_url, app[SETTINGS].upstream_timeout)
+    settings = app[SETTINGS]
+    upstream = Upstream(settings.openai_base_url, settings.upstream_timeout)
     app[UPSTREAM] = upstream
+    app[SIGN_IN] = SignIn(
+        app[DATABASE],
+        app[SECRETS],
+        upstream.check_key,
+        app[AUTH_FAILURE_LIMIT],
+        app[KEY_CACHE],
+        app[CLOCK],
+    )
     yield
     await upstream.close()
 
 
-async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = app[STORE]
-    jobs = JobManager(app[SETTINGS], store, app[BLOBS], app[UPSTREAM], app[SECRETS], app[QUOTAS], app[METRICS])
-    app[JOBS] = jobs
-    interrupted = await store.run(store.generating)
+async def files_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings, db, blobs, clock = app[SETTINGS], app[DATABASE], app[BLOBS], app[CLOCK]
+    ready = ReadyCache()
+    runner = JobRunner(settings, db, blobs, app[UPSTREAM], app[SECRETS], app[METRICS], clock, on_ready=ready.put)
+    files = FileService(settings, db, blobs, runner, ready, app[QUOTAS], app[METRICS], clock)
+    app[RUNNER], app[FILES] = runner, files
+    interrupted = await db.generating()
     for row in interrupted:
-        jobs.start(row)
+        runner.start(row)
     if interrupted:
         log.info("resumed %d generations interrupted by the last shutdown", len(interrupted))
-    flusher = asyncio.create_task(jobs.flush_hits_forever())
-    yield
-    flusher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await flusher
-    await jobs.close()
-    await jobs.flush_hits()
+    async with background(files.flush_hits_forever()):
+        yield
+    await runner.close()
+    await files.flush_hits()
+
+
+async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with background(app[FILES].expire_forever(app[SETTINGS].cleanup_interval)):
+        yield
 
 
 async def end_live_streams(app: web.Application) -> None:
     # on_shutdown runs before the server waits for in-flight requests; a reader following a job that has
     # minutes left would otherwise hold the whole shutdown_timeout. Its client sees a cut stream and retries.
-    if JOBS in app:
-        app[JOBS].end_streams()
-
-
-async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(cleanup_loop(app[JOBS], app[STORE], app[BLOBS], app[SETTINGS].cleanup_interval))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, revocations = app[STORE], app[REVOCATIONS]
-    revocations.load(await store.run(store.revocations))  # before the first request, not a second later
-    task = asyncio.create_task(refresh_loop(store, revocations))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    if RUNNER in app:
+        app[RUNNER].end_streams()
 
 
 async def metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -178,8 +197,7 @@ async def mdns_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     from speccyd.security.tls import fingerprint
 
-    store = app[STORE]
-    server_id = await store.run(store.server_id)
+    server_id = await app[DATABASE].server_id()
     tls_fingerprint = fingerprint(settings.tls_cert) if settings.tls_cert is not None else None
     try:
         announcer = Announcer(settings, server_id, tls_fingerprint)
@@ -193,20 +211,21 @@ async def mdns_ctx(app: web.Application) -> AsyncIterator[None]:
     await announcer.close()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> web.Application:
     metrics = Metrics()
     # Counting every request costs a few microseconds on the hottest paths; only when someone can read it.
     middlewares = [metrics_middleware(metrics)] if settings.metrics or settings.metrics_listen else []
     app = web.Application(client_max_size=MAX_BODY, middlewares=[*middlewares, error_middleware])
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app[METRICS] = metrics
     app[QUOTAS] = Quotas(limits_from(settings))
     app[REVOCATIONS] = Revocations()
-    app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit)
-    app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit)
-    app[KEY_CACHE] = KeyCache(settings.key_cache_ttl)
+    app[GENERATE_LIMIT] = RateLimiter(settings.rate_limit, clock)
+    app[AUTH_FAILURE_LIMIT] = RateLimiter(settings.auth_rate_limit, clock)
+    app[KEY_CACHE] = KeyCache(settings.key_cache_ttl, clock=clock)
     app.cleanup_ctx.extend(
-        [storage_ctx, revocations_ctx, upstream_ctx, jobs_ctx, cleanup_ctx, metrics_listener_ctx, mdns_ctx]
+        [storage_ctx, revocations_ctx, upstream_ctx, files_ctx, cleanup_ctx, metrics_listener_ctx, mdns_ctx]
     )
     app.on_shutdown.append(end_live_streams)
     setup_routes(app)

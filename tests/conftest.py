@@ -17,10 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from click.testing import Result
+from typer.testing import CliRunner
 
 from speccyd.app import create_app
 from speccyd.config.settings import Settings, load_settings
-from speccyd.storage.migrations import MIGRATIONS
+from speccyd.storage.sqlite import SqliteDatabase
+from speccyd.storage.sqlite.migrations import MIGRATIONS
 from tests.fake_upstream import CLIP_RATE, FakeUpstream, ffmpeg_available, make_clips
 
 AppClient = TestClient[web.Request, web.Application]
@@ -80,6 +83,13 @@ async def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Awaitable[AppClient]]) -> AppClient:
     return await make_client()
+
+
+async def invoke(*args: str, **kwargs: Any) -> Result:
+    """`speccyd ARGS` in-process on a worker thread: the CLI runs its own event loop, as it does from a shell."""
+    from speccyd.cli import app
+
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), **kwargs)
 
 
 async def sign_in(client: Http, key: str = "sk-test-alice") -> dict[str, str]:
@@ -160,18 +170,16 @@ def old_database(path: Path, version: int) -> sqlite3.Connection:
 
 
 @pytest.fixture
-def settings_db(data_dir: Path) -> Any:
+async def settings_db(data_dir: Path) -> Any:
     """A second connection to the test server's database, as the CLI would open it (after the app started)."""
-    from speccyd.storage.database import Store
-
-    stores: list[Store] = []
+    opened: list[SqliteDatabase] = []
 
     class Lazy:
         def __getattr__(self, name: str) -> Any:
-            if not stores:
-                stores.append(Store(data_dir / "speccyd.db"))
-            return getattr(stores[0], name)
+            if not opened:
+                opened.append(SqliteDatabase(data_dir / "speccyd.db"))
+            return getattr(opened[0], name)
 
     yield Lazy()
-    for store in stores:
-        store.close()
+    for db in opened:
+        await db.close()

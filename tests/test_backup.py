@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from speccyd.app import create_app
 from speccyd.cli import app as cli
 from speccyd.config.settings import load_settings
-from tests.conftest import TEST_OVERRIDES, AppClient, generate, sign_in, wait_status
+from tests.conftest import TEST_OVERRIDES, AppClient, generate, invoke, sign_in, wait_status
 
 MakeClient = Callable[..., Awaitable[AppClient]]
 
@@ -32,8 +32,8 @@ async def fill(client: AppClient, headers: dict[str, str], count: int, prefix: s
     return served
 
 
-def cli_ok(*args: str) -> str:
-    result = CliRunner().invoke(cli, list(args))
+async def cli_ok(*args: str) -> str:
+    result = await invoke(*args)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -59,13 +59,13 @@ async def test_restored_server_serves_every_ready_file_with_the_same_sessions(
     dest = tmp_path / "backups" / dest_name
     # The backup runs on another thread while the server keeps generating and writing.
     busy = asyncio.create_task(fill(client, headers, 5, prefix="during the backup"))
-    out = await asyncio.to_thread(cli_ok, "backup", str(dest), "--data-dir", str(data_dir))
+    out = await cli_ok("backup", str(dest), "--data-dir", str(data_dir))
     during = await busy
     assert "backed up" in out
     later = await fill(client, headers, 1, prefix="made later")
 
     restored = tmp_path / "restored"
-    assert "restored" in cli_ok("restore", str(dest), "--data-dir", str(restored))
+    assert "restored" in await cli_ok("restore", str(dest), "--data-dir", str(restored))
     other = await restored_client(aiohttp_client, restored, upstream_url)
     for file_id, body in served.items():
         response = await other.get(f"/files/{file_id}", headers=headers)
@@ -87,7 +87,7 @@ async def test_backup_without_secrets_holds_no_secrets(client: AppClient, data_d
     headers = await sign_in(client)
     await fill(client, headers, 1)
     dest = tmp_path / "b.tar.gz"
-    cli_ok("backup", str(dest), "--no-secrets", "--data-dir", str(data_dir))
+    await cli_ok("backup", str(dest), "--no-secrets", "--data-dir", str(data_dir))
     with tarfile.open(dest) as tar:
         names = tar.getnames()
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
@@ -101,11 +101,11 @@ async def test_restore_refuses_a_damaged_backup(client: AppClient, data_dir: Pat
     headers = await sign_in(client)
     await fill(client, headers, 2)
     dest = tmp_path / "snap"
-    cli_ok("backup", str(dest), "--data-dir", str(data_dir))
+    await cli_ok("backup", str(dest), "--data-dir", str(data_dir))
     victim = next((dest / "audio").glob("*/*.mp3"))
     victim.write_bytes(b"not the audio")
     target = tmp_path / "restored"
-    result = CliRunner().invoke(cli, ["restore", str(dest), "--data-dir", str(target)])
+    result = await invoke("restore", str(dest), "--data-dir", str(target))
     assert result.exit_code == 1
     assert "does not match its checksum" in result.output
     assert not target.exists()
@@ -115,23 +115,23 @@ async def test_restore_refuses_a_damaged_database(client: AppClient, data_dir: P
     """A database that differs from the manifest is refused before anything is written."""
     await sign_in(client)
     dest = tmp_path / "snap"
-    cli_ok("backup", str(dest), "--data-dir", str(data_dir))
+    await cli_ok("backup", str(dest), "--data-dir", str(data_dir))
     with (dest / "speccyd.db").open("r+b") as f:
         f.seek(200)
         f.write(b"\xff" * 64)
-    result = CliRunner().invoke(cli, ["restore", str(dest), "--data-dir", str(tmp_path / "r")])
+    result = await invoke("restore", str(dest), "--data-dir", str(tmp_path / "r"))
     assert result.exit_code == 1 and "damaged" in result.output
 
 
 async def test_restore_only_into_an_empty_data_dir(client: AppClient, data_dir: Path, tmp_path: Path) -> None:
     """Restoring over a data dir that holds anything is refused; backing up into a non-empty dir too."""
     dest = tmp_path / "snap"
-    cli_ok("backup", str(dest), "--data-dir", str(data_dir))
-    result = CliRunner().invoke(cli, ["restore", str(dest), "--data-dir", str(data_dir)])
+    await cli_ok("backup", str(dest), "--data-dir", str(data_dir))
+    result = await invoke("restore", str(dest), "--data-dir", str(data_dir))
     assert result.exit_code == 1 and "not empty" in result.output
-    again = CliRunner().invoke(cli, ["backup", str(dest), "--data-dir", str(data_dir)])
+    again = await invoke("backup", str(dest), "--data-dir", str(data_dir))
     assert again.exit_code == 1 and "not an empty directory" in again.output
-    missing = CliRunner().invoke(cli, ["restore", str(tmp_path / "nope.tar.gz"), "--data-dir", str(tmp_path / "x")])
+    missing = await invoke("restore", str(tmp_path / "nope.tar.gz"), "--data-dir", str(tmp_path / "x"))
     assert missing.exit_code == 1 and "does not exist" in missing.output
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from speccyd import __version__
-from speccyd.config.settings import load_settings
-from speccyd.storage.database import NewFile, Store
+from speccyd.config.settings import Settings, load_settings
 from tests.conftest import sign_in
+from tests.seeding import ready_ids, seed
 from tests.server_process import run_cli
 
 
@@ -56,31 +56,17 @@ def test_commands_on_missing_data_dir_fail_cleanly(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def _seed(data: Path, files: int, *, expired: int = 0) -> tuple[Store, str]:
+def _seed(data: Path, files: int, *, expired: int = 0) -> tuple[Settings, str]:
     """A data dir with one user and `files` ready audio files, `expired` of them past their expiry."""
     assert run_cli("init", data_dir=data).returncode == 0
     settings = load_settings(data, env={})
-    store = Store(settings.db_path)
-    user = store.upsert_user("hash", lambda uid: b"enc", time.time())
-    from speccyd.storage.blobs import Blobs
-
-    blobs = Blobs(settings.audio_dir)
-    for i in range(files):
-        new = NewFile(f"{i:064x}", "tts-1", "alloy", "mp3", 1.0, None, f"text {i}")
-        now = time.time() - (10_000 if i < expired else 0)
-        row = store.claim(user, new, now, 100.0).row
-        writer = blobs.writer(row.id, "mp3")
-        writer.write(b"x" * 1000)
-        writer.commit()
-        store.mark_ready(row.id, writer.size, writer.sha256, now, 100.0)
-    return store, user
+    return settings, seed(settings, files, expired=expired, now=time.time())
 
 
 def test_usage_json_and_table(tmp_path: Path) -> None:
     """usage --json lists each user's files and today's figures; the table shows the short id."""
     data = tmp_path / "data"
-    store, user = _seed(data, 3)
-    store.close()
+    _, user = _seed(data, 3)
     result = run_cli("usage", "--json", data_dir=data)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -96,34 +82,32 @@ def test_usage_json_and_table(tmp_path: Path) -> None:
 def test_purge_expired_is_the_default(tmp_path: Path) -> None:
     """purge without a criterion removes only expired audio, files and rows alike."""
     data = tmp_path / "data"
-    store, _ = _seed(data, 4, expired=1)
+    settings, _ = _seed(data, 4, expired=1)
     result = run_cli("purge", "--yes", data_dir=data)
     assert result.returncode == 0, result.stderr
     assert "removed 1 files" in result.stdout
-    assert len(store.ready_ids()) == 3
+    assert len(ready_ids(settings)) == 3
     assert len(list((data / "audio").glob("*/*.mp3"))) == 3
-    store.close()
 
 
 def test_purge_dry_run_and_confirmation(tmp_path: Path) -> None:
     """--dry-run lists without removing; answering no to the prompt removes nothing."""
     data = tmp_path / "data"
-    store, _ = _seed(data, 2)
+    settings, _ = _seed(data, 2)
     dry = run_cli("purge", "--all", "--dry-run", data_dir=data)
     assert "would remove 2 files" in dry.stdout
     declined = run_cli("purge", "--all", data_dir=data, input="n\n")
     assert declined.returncode != 0
-    assert len(store.ready_ids()) == 2
+    assert len(ready_ids(settings)) == 2
     accepted = run_cli("purge", "--all", data_dir=data, input="y\n")
     assert accepted.returncode == 0
-    assert store.ready_ids() == set()
-    store.close()
+    assert ready_ids(settings) == set()
 
 
 def test_purge_by_user_and_age(tmp_path: Path) -> None:
     """--user takes a unique id prefix; --older-than takes a duration; a bad one is exit 2."""
     data = tmp_path / "data"
-    store, user = _seed(data, 3, expired=2)
+    _, user = _seed(data, 3, expired=2)
     old = run_cli("purge", "--older-than", "1h", "--yes", data_dir=data)
     assert "removed 2 files" in old.stdout
     bad = run_cli("purge", "--older-than", "soon", data_dir=data)
@@ -133,7 +117,6 @@ def test_purge_by_user_and_age(tmp_path: Path) -> None:
     mine = run_cli("purge", "--user", user[:8], "--yes", data_dir=data)
     assert "removed 1 files" in mine.stdout
     assert list((data / "audio").glob("*/*.mp3")) == []
-    store.close()
 
 
 async def test_init_force_rotates_secrets_but_keeps_users(data_dir: Path, make_client: Any) -> None:

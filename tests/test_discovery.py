@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speccyd import __version__
-from speccyd.appkeys import ANNOUNCER, STORE
+from speccyd.appkeys import ANNOUNCER, DATABASE
 from speccyd.cli import app
 from speccyd.ops.discovery import Announcer, txt_record
 from tests.conftest import AppClient
@@ -49,24 +49,24 @@ async def test_announces_bound_port_and_txt(make_client: Callable[..., Awaitable
     """A serving app is found under its `name` with the bound port, its 127.0.0.1 address and the TXT keys."""
     name = unique_name()
     client = await make_client(mdns="on", mdns_interfaces="127.0.0.1", name=name)
-    store = client.app[STORE]
+    server_id = await client.app[DATABASE].server_id()
     async with Browser() as browser:
         await announced(client)
         info = await browser.wait_for(name)
     assert info.port == client.port
     assert info.parsed_addresses() == ["127.0.0.1"]
     assert info.decoded_properties == {
-        "txtvers": "1", "id": store.server_id(), "version": __version__, "api": "1", "path": "/", "tls": "0",
+        "txtvers": "1", "id": server_id, "version": __version__, "api": "1", "path": "/", "tls": "0",
     }  # fmt: skip
 
 
 async def test_server_id_is_stable_across_restarts(make_client: Callable[..., Awaitable[AppClient]]) -> None:
     """The `id` in TXT is created once with the database and is the same after a restart."""
     first = await make_client()
-    server_id = first.app[STORE].server_id()
+    server_id = await first.app[DATABASE].server_id()
     await first.close()
     second = await make_client()
-    assert second.app[STORE].server_id() == server_id
+    assert await second.app[DATABASE].server_id() == server_id
     assert uuid.UUID(server_id)
 
 
@@ -130,7 +130,7 @@ async def test_discover_lists_servers(make_client: Callable[..., Awaitable[AppCl
     servers = {s["name"]: s for s in json.loads(as_json)}
     assert servers[name] == {
         "name": name, "addresses": ["127.0.0.1"], "port": client.port, "version": __version__, "tls": False,
-        "fingerprint": None, "id": client.app[STORE].server_id(), "api": "1",
+        "fingerprint": None, "id": await client.app[DATABASE].server_id(), "api": "1",
     }  # fmt: skip
     row = next(line for line in table.splitlines() if name in line)
     assert all(cell in row for cell in ("127.0.0.1", str(client.port), __version__, "no"))

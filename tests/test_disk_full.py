@@ -78,7 +78,7 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
 
             new = await generate("This audio has nowhere to go.")
             failed = await wait_status(http, headers, new["content_hash"], "failed")
-            assert failed["error"].startswith("storage_full:")
+            assert failed["error_code"] == "storage_full" and "disk is full" in failed["error"]
             assert len([c for c in fake.speech_calls if c.body and "nowhere" in c.body["input"]]) == 1
             assert not temp_files(seen)
             ballast_size = ballast.stat().st_size
@@ -109,7 +109,7 @@ async def test_disk_full_fails_with_storage_full_and_recovers(
                 else:
                     assert r.status == 202
                     failed = await wait_status(http, headers, full["content_hash"], "failed")
-                    assert failed["error"].startswith("storage_full:")
+                    assert failed["error_code"] == "storage_full" and "disk is full" in failed["error"]
             async with http.get(f"/files/{kept['file_id']}", headers=headers) as r:
                 assert r.status == 200
                 assert await r.read() == kept_audio

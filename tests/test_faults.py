@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from speccyd.appkeys import JOBS
+from speccyd.appkeys import RUNNER
 from speccyd.generation.chunking import split_text
 from speccyd.storage.blobs import TMP_DIR
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
@@ -249,7 +249,7 @@ async def test_fault_through_the_openai_endpoint_reaches_the_sdk_as_its_error(
         assert "sk-test" not in error.body["message"]
 
     async def job_over() -> bool:  # a cut stream leaves the job retrying in the background
-        return len(fake.speech_calls) == core.attempts and client.server.app[JOBS].running == 0
+        return len(fake.speech_calls) == core.attempts and client.server.app[RUNNER].running == 0
 
     await eventually(job_over, what="the generation to end")
     assert check_data_dir(data_dir) == {}

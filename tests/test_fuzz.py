@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from speccyd.generation.speech import FORMATS, MODELS, VOICES
+from speccyd.generation.speech import MODELS, VOICES
+from speccyd.media.formats import FORMATS
 from tests.conftest import AppClient, eventually, sign_in
 from tests.fake_upstream import FakeUpstream
 

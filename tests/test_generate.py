@@ -7,7 +7,7 @@ import asyncio
 from speccyd.config.settings import Settings
 from speccyd.config.units import iso
 from speccyd.generation.speech import content_hash
-from speccyd.storage.database import Store
+from speccyd.storage.sqlite import SqliteDatabase
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 
@@ -215,14 +215,16 @@ async def test_cache_hits_are_recorded_in_the_database(client: AppClient, settin
     await asyncio.sleep(1.1)  # so the bumped expiry differs at one-second resolution
     status, hit = await generate(client, headers)
     assert status == 200
-    store = Store(settings.db_path)
+    db = SqliteDatabase(settings.db_path)
     try:
 
-        def recorded() -> bool:
-            row = store.get_file(body["file_id"])
-            hits = store._db.execute("SELECT count(*) FROM usage_log WHERE kind = 'cache_hit'").fetchone()[0]
-            return row is not None and iso(row.expires_at) == hit["expires_at"] and hits == 1
+        async def recorded() -> bool:
+            row = await db.get_file(body["file_id"])
+            (line,) = [line for line in await db.usage_lines(0) if line.kind == "cache_hit"] or [None]
+            return (
+                row is not None and iso(row.expires_at) == hit["expires_at"] and line is not None and line.events == 1
+            )
 
         await eventually(recorded, what="the cache hit to be written")
     finally:
-        store.close()
+        await db.close()

@@ -13,9 +13,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speccyd.appkeys import BLOBS, STORE
+from speccyd.appkeys import BLOBS, DATABASE
 from speccyd.generation.cleanup import expire, purge
-from speccyd.storage.database import NewFile, PurgeFilter, Store
+from speccyd.storage.records import NewFile, PurgeFilter
+from speccyd.storage.sqlite import SqliteDatabase
 from tests.conftest import AppClient, eventually, generate, old_database, sign_in, wait_status
 
 
@@ -127,13 +128,13 @@ async def test_expiry_and_purge_leave_tombstones(make_client: Callable[..., Awai
     """Cleanup's expiry pass and a purge both record tombstones: 'expired' and 'deleted'."""
     client = await make_client(retention="300ms", cleanup_interval="1h")
     headers = await sign_in(client)
-    store, blobs = client.server.app[STORE], client.server.app[BLOBS]
+    db, blobs = client.server.app[DATABASE], client.server.app[BLOBS]
     old = await make_ready(client, headers, "Short-lived")
     device = Device()
     await device.sync(client, headers)
 
     async def expired() -> int:
-        return len(await store.run(expire, store, blobs))
+        return len(await expire(db, blobs, time.time()))
 
     assert await eventually(expired, what="the file to expire") == 1
     changes = await page(client, headers, device.cursor)
@@ -143,8 +144,8 @@ async def test_expiry_and_purge_leave_tombstones(make_client: Callable[..., Awai
     client2 = await make_client(retention="1h", cleanup_interval="1h")  # same data dir, new server
     headers2 = await sign_in(client2)
     fresh = await make_ready(client2, headers2, "Purged by the admin")
-    store2, blobs2 = client2.server.app[STORE], client2.server.app[BLOBS]
-    await store2.run(purge, store2, blobs2, PurgeFilter(all=True), time.time())
+    db2, blobs2 = client2.server.app[DATABASE], client2.server.app[BLOBS]
+    await purge(db2, blobs2, PurgeFilter(all=True), time.time())
     changes = await page(client2, headers2, device.cursor)
     assert changes["files"] == []  # created and purged since the cursor: only its tombstone is left
     assert [(d["file_id"], d["reason"]) for d in changes["deleted"]] == [(fresh, "deleted")]
@@ -200,8 +201,7 @@ async def test_cursor_older_than_pruned_tombstones_must_resync(client: AppClient
     await device.sync(client, headers)
     await client.delete(f"/tts/{first}", headers=headers)
     await make_ready(client, headers, "Two")
-    store = client.server.app[STORE]
-    assert await store.run(store.prune_tombstones, time.time() + 1) == 1
+    assert await client.server.app[DATABASE].prune_tombstones(time.time() + 1) == 1
     stale = await client.get("/files", params={"since": "1"}, headers=headers)
     assert stale.status == 410
     fresh = Device()
@@ -239,7 +239,7 @@ async def test_pages_stay_consistent_under_concurrent_inserts_and_deletes(client
     }
 
 
-def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> None:
+async def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> None:
     """A database from before sync gets every existing file listed, oldest first, after the migration."""
     path = tmp_path / "old.db"
     db = old_database(path, 1)
@@ -252,14 +252,14 @@ def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> None:
             (f"{i:032x}", f"{i:064x}", created, created),
         )
     db.close()
-    store = Store(path)
+    store = SqliteDatabase(path)
     try:
-        changes = store.changes_since("u1", 0, 10)
+        changes = await store.changes_since("u1", 0, 10)
         assert [row.created_at for _, row in changes.files] == [10.0, 20.0, 30.0]
         assert [seq for seq, _ in changes.files] == [1, 2, 3]
         assert changes.next_cursor == 3
     finally:
-        store.close()
+        await store.close()
 
 
 # Weighted towards creating and finishing files, so libraries grow and changes pile up between syncs.
@@ -274,15 +274,15 @@ OPS = st.lists(
 
 
 class StoreDevice:
-    """A device's copy of one user's library, built only from Store.changes_since pages."""
+    """A device's copy of one user's library, built only from Database.changes_since pages."""
 
-    def __init__(self, store: Store, user_id: str) -> None:
+    def __init__(self, store: SqliteDatabase, user_id: str) -> None:
         self.store, self.user_id = store, user_id
         self.files: dict[str, tuple[str, float]] = {}
         self.cursor = self.last_seq = 0
 
-    def page(self, limit: int) -> bool:
-        page = self.store.changes_since(self.user_id, self.cursor, limit)
+    async def page(self, limit: int) -> bool:
+        page = await self.store.changes_since(self.user_id, self.cursor, limit)
         seqs = sorted([s for s, _ in page.files] + [t.seq for t in page.tombstones])
         assert len(seqs) <= limit and all(s > self.last_seq for s in seqs)  # change order, nothing twice
         self.last_seq = seqs[-1] if seqs else self.last_seq
@@ -293,10 +293,10 @@ class StoreDevice:
         self.cursor = page.next_cursor
         return page.has_more
 
-    def sync_and_check(self) -> None:
-        while self.page(5):
+    async def sync_and_check(self) -> None:
+        while await self.page(5):
             pass
-        truth = self.store.select_purge(PurgeFilter(user_id=self.user_id), 0)
+        truth = await self.store.select_purge(PurgeFilter(user_id=self.user_id), 0)
         assert self.files == {r.id: (r.status, r.expires_at) for r in truth}
 
 
@@ -305,30 +305,34 @@ class StoreDevice:
 def test_any_interleaving_of_changes_and_pages_converges(ops: list[tuple[str, int, int]]) -> None:
     """For any mix of creates, completions, deletes, purges and page reads, every full sync equals the truth."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "sync.db")
-        try:
-            users = [store.upsert_user(f"hash-{name}", lambda _: b"k", 0.0) for name in ("alice", "bob")]
-            device = StoreDevice(store, users[0])
-            for op, n, k in ops:
-                now = time.time()
-                user = users[n % 2]
-                if op == "claim":
-                    new = NewFile(f"{n:064x}", "tts-1", "alloy", "mp3", 1.0, None, f"text {n}")
-                    store.claim(user, new, now, 3600)
-                elif op == "ready":
-                    generating = store.generating()
-                    if generating:
-                        store.mark_ready(generating[n % len(generating)].id, 10, "0" * 64, now, 3600)
-                elif op == "delete":
-                    rows = store.select_purge(PurgeFilter(user_id=user), now)
-                    if rows:
-                        store.delete_file(user, rows[n % len(rows)].id)
-                elif op == "purge":
-                    store.delete_purge(PurgeFilter(user_id=user), now, k)
-                elif op == "page":
-                    device.page(k)
-                else:
-                    device.sync_and_check()
-            device.sync_and_check()
-        finally:
-            store.close()
+        asyncio.run(_interleave(Path(tmp) / "sync.db", ops))
+
+
+async def _interleave(path: Path, ops: list[tuple[str, int, int]]) -> None:
+    store = SqliteDatabase(path)
+    try:
+        users = [await store.upsert_user(f"hash-{name}", lambda _: b"k", 0.0) for name in ("alice", "bob")]
+        device = StoreDevice(store, users[0])
+        for op, n, k in ops:
+            now = time.time()
+            user = users[n % 2]
+            if op == "claim":
+                new = NewFile(f"{n:064x}", "tts-1", "alloy", "mp3", 1.0, None, f"text {n}")
+                await store.claim(user, new, now, 3600)
+            elif op == "ready":
+                generating = await store.generating()
+                if generating:
+                    await store.mark_ready(generating[n % len(generating)].id, 10, "0" * 64, now, 3600)
+            elif op == "delete":
+                rows = await store.select_purge(PurgeFilter(user_id=user), now)
+                if rows:
+                    await store.delete_file(user, rows[n % len(rows)].id)
+            elif op == "purge":
+                await store.delete_purge(PurgeFilter(user_id=user), now, k)
+            elif op == "page":
+                await device.page(k)
+            else:
+                await device.sync_and_check()
+        await device.sync_and_check()
+    finally:
+        await store.close()

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from speccyd.generation.speech import FORMATS, MODELS, VOICES
+from speccyd.generation.speech import MODELS, VOICES
+from speccyd.media.formats import FORMATS
 from speccyd.web.handlers.contract import openapi_document
 from tests.conftest import AppClient, generate, sign_in, wait_status
 from tests.fake_upstream import Fault

@@ -49,7 +49,7 @@ async def test_healthz_fails_when_cleanup_is_overdue(make_client: MakeClient, se
     """A last cleanup older than 2 x cleanup_interval gives 503 naming the cleanup check."""
     client = await make_client(cleanup_interval="1h")
     assert (await client.get("/healthz")).status == 200
-    settings_db.set_meta("last_cleanup", repr(time.time() - 3 * 3600))
+    await settings_db.set_meta("last_cleanup", repr(time.time() - 3 * 3600))
     response = await client.get("/healthz")
     assert response.status == 503
     body = await response.json()

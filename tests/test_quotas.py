@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from speccyd.generation.quotas import next_utc_midnight
-from speccyd.storage.database import Store
+from speccyd.storage.records import LimitOverrides
+from speccyd.storage.sqlite import SqliteDatabase
+from speccyd.storage.sqlite.maintenance import schema_version
+from speccyd.storage.sqlite.migrations import SCHEMA_VERSION
 from tests.conftest import AppClient, generate, old_database, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 
@@ -102,15 +106,15 @@ async def test_max_files_gives_507_and_deleting_makes_room(make_client: MakeClie
     assert (await generate(client, headers, text="three"))[0] == 202
 
 
-async def test_per_user_override_beats_the_server_default(make_client: MakeClient, settings_db: Store) -> None:
+async def test_per_user_override_beats_the_server_default(make_client: MakeClient, settings_db: Any) -> None:
     """A limit stored for one user (speccyd users limit) applies to them only; 0 lifts a server-wide limit."""
     client = await make_client(max_files="1")
     alice = await sign_in(client, "sk-test-alice")
     bob = await sign_in(client, "sk-test-bob")
     await ready(client, alice, "alice one")
     await ready(client, bob, "bob one")
-    alice_id = settings_db.user_infos()[0].user_id  # users are listed in sign-up order
-    settings_db.set_limits(alice_id, {"max_files": 0})
+    alice_id = (await settings_db.user_infos())[0].user_id  # users are listed in sign-up order
+    await settings_db.set_limits(alice_id, {"max_files": 0})
     assert (await generate(client, alice, text="alice two"))[0] == 202
     assert (await generate(client, bob, text="bob two"))[0] == 507
 
@@ -143,9 +147,8 @@ async def test_user_usage_limits_are_null_when_off(client: AppClient) -> None:
     assert body["estimated_cost_30d_usd"] == 0
 
 
-def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None:
+async def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None:
     """A schema-1 database gains tokens, revocation and limit columns; its users and usage are kept."""
-    from speccyd.storage.database import SCHEMA_VERSION, LimitOverrides
 
     path = tmp_path / "old.db"
     db = old_database(path, 1)
@@ -154,12 +157,12 @@ def test_a_database_from_before_quotas_upgrades_in_place(tmp_path: Path) -> None
         "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES ('u1', 3.0, 'generated', 'tts-1', 7)"
     )
     db.close()
-    store = Store(path)
+    db = SqliteDatabase(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION >= 2
-        (info,) = store.user_infos()
+        assert schema_version(db.connection) == SCHEMA_VERSION >= 2
+        (info,) = await db.user_infos()
         assert info.sessions_valid_after == 0 and info.overrides == LimitOverrides()
-        (line,) = store.usage_lines(0)
+        (line,) = await db.usage_lines(0)
         assert (line.characters, line.tokens) == (7, None)
     finally:
-        store.close()
+        await db.close()

@@ -22,7 +22,7 @@ import yarl
 
 from speccyd.config.settings import Settings
 from speccyd.security.crypto import ServerSecrets
-from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
+from tests.conftest import AppClient, eventually, generate, invoke, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.server_process import ServerProcess
 
@@ -290,11 +290,11 @@ async def test_request_cannot_steer_the_upstream(client: AppClient, fake: FakeUp
 # --- secrets at rest and in logs ---
 
 
-def test_secrets_and_data_dir_permissions(settings: Settings) -> None:
+async def test_secrets_and_data_dir_permissions(settings: Settings) -> None:
     """The data dir, secrets dir and audio dir are 0700; key files, config and database are 0600."""
-    from speccyd.storage.datadir import init_data_dir
+    from speccyd.security.provision import init_data_dir
 
-    init_data_dir(settings)
+    await init_data_dir(settings)
     for directory in (settings.data_dir, settings.secrets_dir, settings.audio_dir):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     files = [*settings.secrets_dir.iterdir(), settings.config_path, settings.db_path]
@@ -560,14 +560,11 @@ async def test_openai_key_never_gets_another_users_cached_audio(client: AppClien
 
 async def test_revoked_session_fails_on_every_authenticated_endpoint(client: AppClient, data_dir: Path) -> None:
     """After `speccyd users revoke`, the old token is 401 session_revoked everywhere, /v1 included."""
-    from typer.testing import CliRunner
-
-    from speccyd.cli import app as cli
 
     alice = await sign_in(client)
     file = await _ready_file(client, alice)
     uid = await _user_id(client, "sk-test-alice")
-    result = CliRunner().invoke(cli, ["users", "revoke", uid, "--data-dir", str(data_dir)])
+    result = await invoke("users", "revoke", uid, "--data-dir", str(data_dir))
     assert result.exit_code == 0, result.output
 
     async def revoked() -> bool:
@@ -696,15 +693,11 @@ async def test_backup_without_secrets_holds_no_secret_in_any_byte(
     """`backup --no-secrets`: no secret (raw, hex or base64), API key or session token in any archived byte."""
     import tarfile
 
-    from typer.testing import CliRunner
-
-    from speccyd.cli import app as cli
-
     key = "sk-test-backup-0123456789abcdef"
     headers = await sign_in(client, key)
     await _ready_file(client, headers, "in the backup")
     dest = tmp_path / "b.tar.gz"
-    result = CliRunner().invoke(cli, ["backup", str(dest), "--no-secrets", "--data-dir", str(settings.data_dir)])
+    result = await invoke("backup", str(dest), "--no-secrets", "--data-dir", str(settings.data_dir))
     assert result.exit_code == 0, result.output
     forms = _secret_forms(settings.secrets_dir)
     forms["api key"] = key.encode()
@@ -751,17 +744,14 @@ async def test_restore_refuses_a_database_naming_paths_outside_the_data_dir(
 ) -> None:
     """A crafted backup whose database names files like ../../x (with matching checksums) is refused, and
     nothing is written outside the new data dir (restore often runs as root)."""
-    from typer.testing import CliRunner
-
-    from speccyd.cli import app as cli
 
     await _ready_file(client, await sign_in(client), "to be tampered with")
     backup = tmp_path / "deep" / "er" / "backup"
-    assert CliRunner().invoke(cli, ["backup", str(backup), "--data-dir", str(settings.data_dir)]).exit_code == 0
+    assert (await invoke("backup", str(backup), "--data-dir", str(settings.data_dir))).exit_code == 0
     _tamper_backup(backup, file_id, fmt)
     before = {p for p in tmp_path.rglob("*")}
     target = tmp_path / "deep" / "er" / "restored"
-    result = CliRunner().invoke(cli, ["restore", str(backup), "--data-dir", str(target)])
+    result = await invoke("restore", str(backup), "--data-dir", str(target))
     assert result.exit_code == 1, result.output
     assert "cannot be a speccyd file" in result.output
     assert "Traceback" not in result.output
@@ -770,19 +760,16 @@ async def test_restore_refuses_a_database_naming_paths_outside_the_data_dir(
 
 async def test_restore_refuses_linked_secrets(client: AppClient, settings: Settings, tmp_path: Path) -> None:
     """A backup directory whose secrets are symlinks (say to /etc/shadow) is refused, not copied through."""
-    from typer.testing import CliRunner
-
-    from speccyd.cli import app as cli
 
     await sign_in(client)
     backup = tmp_path / "backup"
-    assert CliRunner().invoke(cli, ["backup", str(backup), "--data-dir", str(settings.data_dir)]).exit_code == 0
+    assert (await invoke("backup", str(backup), "--data-dir", str(settings.data_dir))).exit_code == 0
     outside = tmp_path / "not-a-secret"
     outside.write_text("private data of the machine")
     victim = next((backup / "secrets").iterdir())
     victim.unlink()
     victim.symlink_to(outside)
-    result = CliRunner().invoke(cli, ["restore", str(backup), "--data-dir", str(tmp_path / "restored")])
+    result = await invoke("restore", str(backup), "--data-dir", str(tmp_path / "restored"))
     assert result.exit_code == 1, result.output
     assert "not a plain file" in result.output
     assert not (tmp_path / "restored").exists()

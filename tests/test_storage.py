@@ -1,4 +1,4 @@
-"""The SQLite store: pragmas, migrations, refusing newer databases, and files on disk."""
+"""The SQLite database: pragmas, migrations, refusing newer databases, readers beside the writer; files on disk."""
 
 from __future__ import annotations
 
@@ -9,109 +9,137 @@ from pathlib import Path
 import pytest
 
 from speccyd.config.settings import Settings, load_settings
-from speccyd.storage.blobs import Blobs
-from speccyd.storage.database import MIGRATIONS, SCHEMA_VERSION, NewFile, Store, StoreError
-from speccyd.storage.datadir import init_data_dir
+from speccyd.security.provision import init_data_dir
+from speccyd.storage.blobs import LocalBlobs
+from speccyd.storage.errors import StoreError
+from speccyd.storage.records import NewFile
+from speccyd.storage.sqlite import SqliteDatabase
+from speccyd.storage.sqlite.maintenance import schema_version
+from speccyd.storage.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION
 
 
-def test_pragmas_and_schema(tmp_path: Path) -> None:
+async def test_pragmas_and_schema(tmp_path: Path) -> None:
     """A new database is in WAL mode with foreign keys on, busy_timeout set and migrated to the latest version."""
-    store = Store(tmp_path / "db.sqlite")
-    db = store._db
+    store = SqliteDatabase(tmp_path / "db.sqlite")
+    db = store.connection
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+    assert schema_version(db) == SCHEMA_VERSION == len(MIGRATIONS)
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
     assert {"audio_files_user_hash", "audio_files_expires", "audio_files_status"} <= indexes
-    assert store.get_meta("server_id")
-    store.close()
+    assert await store.get_meta("server_id")
+    await store.close()
 
 
-def test_reopening_keeps_data_and_version(tmp_path: Path) -> None:
+async def test_reopening_keeps_data_and_version(tmp_path: Path) -> None:
     """Opening an existing database runs no migration again and keeps its rows and server id."""
-    first = Store(tmp_path / "db.sqlite")
-    server_id = first.get_meta("server_id")
-    first.upsert_user("hash", lambda uid: b"enc", 1.0)
-    first.close()
-    again = Store(tmp_path / "db.sqlite")
-    assert again.get_meta("server_id") == server_id
-    assert again.find_users("") != []
-    again.close()
+    first = SqliteDatabase(tmp_path / "db.sqlite")
+    server_id = await first.get_meta("server_id")
+    await first.upsert_user("hash", lambda uid: b"enc", 1.0)
+    await first.close()
+    again = SqliteDatabase(tmp_path / "db.sqlite")
+    assert await again.get_meta("server_id") == server_id
+    assert await again.find_users("") != []
+    await again.close()
 
 
 def test_newer_database_is_refused(tmp_path: Path) -> None:
     """A database written by a newer speccyd is refused with a message that says so."""
-    Store(tmp_path / "db.sqlite").close()
+    SqliteDatabase(tmp_path / "db.sqlite").shutdown()
     raw = sqlite3.connect(tmp_path / "db.sqlite")
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     raw.close()
     with pytest.raises(StoreError, match="newer than this speccyd"):
-        Store(tmp_path / "db.sqlite")
+        SqliteDatabase(tmp_path / "db.sqlite")
 
 
 def test_garbage_file_is_refused_cleanly(tmp_path: Path) -> None:
     """A file that is not a database gives a StoreError, not a crash."""
     (tmp_path / "db.sqlite").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError):
-        Store(tmp_path / "db.sqlite")
+        SqliteDatabase(tmp_path / "db.sqlite")
 
 
-def test_one_row_per_user_and_content(tmp_path: Path) -> None:
+async def test_one_row_per_user_and_content(tmp_path: Path) -> None:
     """Claiming the same content twice returns the row in flight instead of a second one."""
-    store = Store(tmp_path / "db.sqlite")
-    user = store.upsert_user("hash", lambda uid: b"enc", 1.0)
+    store = SqliteDatabase(tmp_path / "db.sqlite")
+    user = await store.upsert_user("hash", lambda uid: b"enc", 1.0)
     new = NewFile("c" * 64, "tts-1", "alloy", "mp3", 1.0, None, "text")
-    first = store.claim(user, new, 10.0, 100.0)
-    second = store.claim(user, new, 11.0, 100.0)
+    first = await store.claim(user, new, 10.0, 100.0)
+    second = await store.claim(user, new, 11.0, 100.0)
     assert first.created and not second.created
     assert second.row.id == first.row.id
     with pytest.raises(sqlite3.IntegrityError):
-        store._db.execute(
-            "INSERT INTO audio_files SELECT 'x' || id, user_id, content_hash, status, model, voice, format, speed, "
-            "instructions, text, characters, size_bytes, sha256, error, created_at, updated_at, expires_at, seq "
-            "FROM audio_files"
+        store.connection.execute(
+            "INSERT INTO audio_files (id, user_id, content_hash, status, model, voice, format, speed, text, "
+            "characters, created_at, updated_at, expires_at) SELECT 'x' || id, user_id, content_hash, status, model, "
+            "voice, format, speed, text, characters, created_at, updated_at, expires_at FROM audio_files"
         )
-    store.close()
+    await store.close()
+
+
+async def test_reports_read_beside_a_held_write_lock(tmp_path: Path) -> None:
+    """A report reads on its own connection while another writer holds the write lock (WAL readers)."""
+    store = SqliteDatabase(tmp_path / "db.sqlite")
+    user = await store.upsert_user("hash", lambda uid: b"enc", 1.0)
+    blocker = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # as `speccyd purge` in another process would, mid-transaction
+    try:
+        assert [r.user_id for r in await store.usage_report(2.0)] == [user]
+        assert await store.find_users(user[:6]) == [user]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await store.close()
+
+
+async def test_readers_cannot_write(tmp_path: Path) -> None:
+    """Reader connections are read-only: a write through one fails instead of racing the writer thread."""
+    store = SqliteDatabase(tmp_path / "db.sqlite")
+    with pytest.raises(sqlite3.OperationalError):
+        await store.read(lambda db: db.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')"))
+    await store.close()
 
 
 def _settings(tmp_path: Path) -> Settings:
     return load_settings(tmp_path / "data", env={})
 
 
-def test_init_creates_private_layout(tmp_path: Path) -> None:
+async def test_init_creates_private_layout(tmp_path: Path) -> None:
     """init creates the data dir 0700, secrets and config 0600, and the migrated database."""
     settings = _settings(tmp_path)
-    init_data_dir(settings)
+    await init_data_dir(settings)
     assert stat.S_IMODE(settings.data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(settings.secrets_dir.stat().st_mode) == 0o700
     for secret in settings.secrets_dir.iterdir():
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.config_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.db_path.stat().st_mode) == 0o600
-    assert Store(settings.db_path).schema_version == SCHEMA_VERSION
+    with sqlite3.connect(settings.db_path) as db:
+        assert schema_version(db) == SCHEMA_VERSION
 
 
-def test_init_twice_changes_nothing(tmp_path: Path) -> None:
+async def test_init_twice_changes_nothing(tmp_path: Path) -> None:
     """Running init again reports nothing created and keeps the secrets and config byte for byte."""
     settings = _settings(tmp_path)
-    init_data_dir(settings)
+    await init_data_dir(settings)
     before = {p: p.read_bytes() for p in settings.secrets_dir.iterdir()}
     settings.config_path.write_text("port = 9000\n")
-    report = init_data_dir(settings)
+    report = await init_data_dir(settings)
     assert report.created == []
     assert {p: p.read_bytes() for p in settings.secrets_dir.iterdir()} == before
     assert settings.config_path.read_text() == "port = 9000\n"
 
 
-def test_blob_writer_commits_atomically(tmp_path: Path) -> None:
+async def test_blob_writer_commits_atomically(tmp_path: Path) -> None:
     """Audio appears under its final name only when committed; a discarded write leaves nothing."""
-    blobs = Blobs(tmp_path / "audio")
+    blobs = LocalBlobs(tmp_path / "audio")
     writer = blobs.writer("a" * 32, "mp3")
     writer.write(b"abc")
     assert not writer.final.exists()
-    writer.commit()
+    await writer.commit()
     assert writer.final.read_bytes() == b"abc"
     assert stat.S_IMODE(writer.final.stat().st_mode) == 0o600
     discarded = blobs.writer("b" * 32, "mp3")
@@ -123,20 +151,20 @@ def test_blob_writer_commits_atomically(tmp_path: Path) -> None:
 
 def test_blob_paths_refuse_foreign_ids(tmp_path: Path) -> None:
     """A path is only ever built from a server-generated id."""
-    blobs = Blobs(tmp_path / "audio")
+    blobs = LocalBlobs(tmp_path / "audio")
     for bad in ("../../etc/passwd", "A" * 32, "a" * 31, ""):
         with pytest.raises(ValueError):
             blobs.path(bad, "mp3")
 
 
-def test_sweep_removes_orphans_and_temp_files(tmp_path: Path) -> None:
+async def test_sweep_removes_orphans_and_temp_files(tmp_path: Path) -> None:
     """At start-up, temp files and audio without a ready row are removed; ready audio stays."""
-    blobs = Blobs(tmp_path / "audio")
+    blobs = LocalBlobs(tmp_path / "audio")
     for file_id in ("a" * 32, "b" * 32):
         writer = blobs.writer(file_id, "mp3")
         writer.write(b"x")
-        writer.commit()
+        await writer.commit()
     (tmp_path / "audio" / "tmp" / "left.part").write_bytes(b"x")
-    assert blobs.sweep({"a" * 32}) == 2
+    assert await blobs.sweep({"a" * 32}) == 2
     assert blobs.path("a" * 32, "mp3").exists()
     assert not blobs.path("b" * 32, "mp3").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -93,7 +94,7 @@ def test_serve_with_missing_certificate_fails_clearly(tmp_path: Path) -> None:
 async def test_app_pins_fingerprint_from_txt(tmp_path: Path, upstream_url: str) -> None:
     """A client that pins the TXT `fp` gets through; a different pin is refused; plain HTTP gets no answer."""
     data_dir = tmp_path / "data"
-    printed = init_tls(data_dir)
+    printed = await asyncio.to_thread(init_tls, data_dir)
     name = f"tls-test-{uuid.uuid4().hex[:8]}"
     env = {**LOOPBACK_MDNS, "SPECCY_NAME": name}
     async with ServerProcess(data_dir, upstream_url, tmp_path / "log", env=env) as server:

@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 
 from speccyd.cli import app as cli
 from speccyd.security.revocations import REFRESH
-from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
+from tests.conftest import AppClient, eventually, generate, invoke, sign_in, wait_status
 from tests.server_process import run_cli
 
 MakeClient = Callable[..., Awaitable[AppClient]]
 
 
-def run(data_dir: Path, *args: str) -> str:
-    result = CliRunner().invoke(cli, [*args, "--data-dir", str(data_dir)], env={"COLUMNS": "80"})
+async def run(data_dir: Path, *args: str) -> str:
+    result = await invoke(*args, "--data-dir", str(data_dir), env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -40,15 +40,15 @@ async def test_users_list_and_show(client: AppClient, data_dir: Path) -> None:
     alice = await sign_in(client, "sk-test-alice")
     await sign_in(client, "sk-test-bob")
     await make_files(client, alice, 2)
-    listed = json.loads(run(data_dir, "users", "list", "--json"))
+    listed = json.loads(await run(data_dir, "users", "list", "--json"))
     assert len(listed) == 2 and listed[0]["files"] == 2
-    table = run(data_dir, "users", "list")
+    table = await run(data_dir, "users", "list")
     assert "2 users" in table and all(len(line) <= 80 for line in table.splitlines())
     alice_id = await user_id(client, "sk-test-alice")
-    shown = run(data_dir, "users", "show", alice_id[:8])
+    shown = await run(data_dir, "users", "show", alice_id[:8])
     assert alice_id in shown
     assert "none (server default)" in shown
-    data = json.loads(run(data_dir, "users", "show", alice_id, "--json"))
+    data = json.loads(await run(data_dir, "users", "show", alice_id, "--json"))
     assert data["characters_30d"] == len("file number 0") * 2
 
 
@@ -56,17 +56,17 @@ async def test_users_limit_sets_and_clears_overrides(client: AppClient, data_dir
     """`users limit` stores per-user limits; 'default' puts one back to the server-wide setting."""
     headers = await sign_in(client)
     uid = await user_id(client, "sk-test-alice")
-    out = run(data_dir, "users", "limit", uid, "--daily-chars", "10", "--storage", "2MB", "--max-files", "off")
+    out = await run(data_dir, "users", "limit", uid, "--daily-chars", "10", "--storage", "2MB", "--max-files", "off")
     assert "10 (this user)" in out and "2 MB (this user)" in out and "none (this user)" in out
     status, body = await generate(client, headers, text="more than ten characters")
     assert status == 429 and body["error"]["code"] == "quota_exceeded"
-    run(data_dir, "users", "limit", uid, "--daily-chars", "default")
+    await run(data_dir, "users", "limit", uid, "--daily-chars", "default")
     assert (await generate(client, headers, text="more than ten characters"))[0] == 202
 
 
 def test_users_limit_rejects_bad_values(tmp_path: Path) -> None:
     """A bad size or count is a clear usage error, not a traceback."""
-    run(tmp_path, "init")
+    assert CliRunner().invoke(cli, ["init", "--data-dir", str(tmp_path)]).exit_code == 0
     result = CliRunner().invoke(cli, ["users", "limit", "x", "--storage", "lots", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--storage" in result.output
 
@@ -99,7 +99,7 @@ async def test_revoke_with_purge_deletes_files(client: AppClient, data_dir: Path
     await make_files(client, alice, 2)
     await make_files(client, bob, 1)
     uid = await user_id(client, "sk-test-alice")
-    out = run(data_dir, "users", "revoke", uid, "--purge", "--yes")
+    out = await run(data_dir, "users", "revoke", uid, "--purge", "--yes")
     assert "removed 2 files" in out
     assert not list((data_dir / "audio").glob(f"*/{uid}*"))
     bob_again = await sign_in(client, "sk-test-bob")
@@ -115,7 +115,7 @@ async def test_usage_cli_per_model_cost_and_json(client: AppClient, data_dir: Pa
 
     async def hit_recorded() -> dict[str, Any] | None:
         # The server writes cache hits answered from memory about once a second; another process sees them then.
-        data: dict[str, Any] = json.loads(run(data_dir, "usage", "--since", "1d", "--json"))
+        data: dict[str, Any] = json.loads(await run(data_dir, "usage", "--since", "1d", "--json"))
         return data if data["totals"]["cache_hits"] == 1 else None
 
     data = await eventually(hit_recorded, what="the cache hit in the usage log")
@@ -124,10 +124,10 @@ async def test_usage_cli_per_model_cost_and_json(client: AppClient, data_dir: Pa
     assert models["tts-1-hd"]["estimated_cost_usd"] == round(len("file number 0") * 30 / 1e6, 4)
     assert data["totals"]["cache_hit_ratio"] == 0.25
     assert data["users"][0]["saved_cost_usd"] == round(len("file number 0") * 15 / 1e6, 4)
-    table = run(data_dir, "usage")
+    table = await run(data_dir, "usage")
     assert "per model" in table and "tts-1-hd" in table and "cache hit ratio 25%" in table
     assert all(len(line) <= 80 for line in table.splitlines()), table
-    bad = CliRunner().invoke(cli, ["usage", "--since", "soon", "--data-dir", str(data_dir)])
+    bad = await invoke("usage", "--since", "soon", "--data-dir", str(data_dir))
     assert bad.exit_code == 2 and "--since" in bad.output
 
 
@@ -135,7 +135,7 @@ async def test_purge_many_files_shows_progress_and_summary(client: AppClient, da
     """Purging more files than it lists shows a progress bar, then one summary with the users affected."""
     headers = await sign_in(client)
     await make_files(client, headers, 25)
-    result = CliRunner().invoke(cli, ["purge", "--all", "--yes", "--data-dir", str(data_dir)])
+    result = await invoke("purge", "--all", "--yes", "--data-dir", str(data_dir))
     assert result.exit_code == 0, result.output
     assert "removed 25 files" in result.output
     assert "removing" in result.stderr and "25/25" in result.stderr  # the bar, on stderr

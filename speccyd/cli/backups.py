@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from speccyd.cli.common import DataDir, fail, open_store, settings_for
+from speccyd.cli.common import DataDir, fail, run_with_db, settings_for
 
 
 def backup(
@@ -20,10 +20,10 @@ def backup(
     """Snapshot the database, audio, config and secrets; safe while the server runs."""
     from speccyd.storage.backup import BackupError
     from speccyd.storage.backup import backup as run_backup
-    from speccyd.storage.database import StoreError
+    from speccyd.storage.errors import StoreError
 
     settings = settings_for(data_dir)
-    open_store(settings).close()  # fails clearly on a missing or unusable data dir
+    run_with_db(settings, lambda db: db.server_id())  # fails clearly on a missing or unusable data dir
     try:
         report = run_backup(settings, dest, secrets=not no_secrets)
     except (BackupError, StoreError, OSError) as e:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from speccyd.config.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from speccyd.storage.database import Database
+
+T = TypeVar("T")
 
 DataDir = Annotated[
     Path | None,
@@ -32,21 +38,33 @@ def settings_for(data_dir: Path | None, **overrides: Any) -> Settings:
         fail(str(e), 2)
 
 
-def open_store(settings: Settings) -> Any:
-    from speccyd.storage.database import Store, StoreError
+def run_with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Open the data dir's database, run `work` on it and close it: one event loop for the command."""
+    import asyncio
+
+    from speccyd.storage.database import open_database
     from speccyd.storage.datadir import is_initialized
+    from speccyd.storage.errors import StoreError
 
     if not is_initialized(settings):
         fail(f"{settings.data_dir} is not a speccyd data dir; run `speccyd init` first")
-    try:
-        return Store(settings.db_path)
-    except StoreError as e:
-        fail(str(e))
+
+    async def run() -> T:
+        try:
+            db = open_database(settings)
+        except StoreError as e:
+            fail(str(e))
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
 
 
-def find_user(store: Any, prefix: str, option: str = "") -> str:
+async def find_user(db: Database, prefix: str, option: str = "") -> str:
     """The one user whose id starts with `prefix`; exit 2 when none or several do."""
-    matches = store.find_users(prefix)
+    matches = await db.find_users(prefix)
     if len(matches) != 1:
         fail(f"{option}{prefix!r} matches {len(matches)} users; give more of the id (see `speccyd users list`)", 2)
     return str(matches[0])

@@ -22,14 +22,17 @@ def init(
     ] = False,
 ) -> None:
     """Create the data dir, config.toml, secrets and database. Safe to run again."""
-    from speccyd.storage.database import StoreError
-    from speccyd.storage.datadir import init_data_dir, is_initialized
+    import asyncio
+
+    from speccyd.security.provision import init_data_dir
+    from speccyd.storage.datadir import is_initialized
+    from speccyd.storage.errors import StoreError
 
     settings = settings_for(data_dir)
     if force and is_initialized(settings) and not yes:
         typer.confirm("Regenerate the server secrets? Every device will have to sign in again", abort=True)
     try:
-        report = init_data_dir(settings, force=force)
+        report = asyncio.run(init_data_dir(settings, force=force))
     except (StoreError, OSError) as e:
         fail(str(e))
     for path in report.created:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from speccyd.cli.common import DataDir, fail, find_user, open_store, removed_line, settings_for
+from speccyd.cli.common import DataDir, fail, find_user, removed_line, run_with_db, settings_for
 from speccyd.config.settings import Settings
 from speccyd.config.units import parse_duration
+from speccyd.storage.records import FileRow, PurgeFilter
+
+if TYPE_CHECKING:
+    from speccyd.storage.database import Database
 
 
 def purge(
@@ -24,8 +28,6 @@ def purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete audio files and their records; safe while the server runs."""
-    from speccyd.storage.database import PurgeFilter
-
     settings = settings_for(data_dir)
     age = None
     if older_than is not None:
@@ -33,9 +35,9 @@ def purge(
             age = parse_duration(older_than)
         except ValueError as e:
             fail(f"--older-than: {e}", 2)
-    store = open_store(settings)
-    try:
-        user_id = None if user is None else find_user(store, user, "--user ")
+
+    async def work(db: Database) -> tuple[list[FileRow], float] | None:
+        user_id = None if user is None else await find_user(db, user, "--user ")
         what = PurgeFilter(
             expired=expired or not (everything or user_id or age),
             all=everything,
@@ -43,39 +45,45 @@ def purge(
             older_than=age,
         )
         now = time.time()
-        candidates = store.select_purge(what, now)
+        candidates = await db.select_purge(what, now)
         total_mb = sum(r.size_bytes or 0 for r in candidates) / 1_000_000
         if not candidates:
             typer.echo("nothing to remove")
-            return
+            return None
         if dry_run:
             for row in candidates:
                 typer.echo(f"would remove {row.id} ({row.status}, user {row.user_id[:8]}, {row.size_bytes or 0} bytes)")
             typer.echo(f"would remove {len(candidates)} files, {total_mb:.1f} MB")
-            return
+            return None
         if not yes:
             typer.confirm(f"Remove {len(candidates)} files ({total_mb:.1f} MB)?", abort=True)
         started = time.monotonic()
-        removed = _purge_with_progress(store, settings, what, now, len(candidates))
-    finally:
-        store.close()
+        removed = await _purge_with_progress(db, settings, what, now, len(candidates))
+        return removed, time.monotonic() - started
+
+    done = run_with_db(settings, work)
+    if done is None:
+        return
+    removed, seconds = done
     if len(removed) <= LIST_REMOVED:
         for row in removed:
             typer.echo(f"removed {row.id} ({row.status}, user {row.user_id[:8]})")
-    _purge_summary(removed, time.monotonic() - started)
+    _purge_summary(removed, seconds)
 
 
 # Up to this many removed files are listed one per line; beyond it, a progress bar and a summary only.
 LIST_REMOVED = 20
 
 
-def _purge_with_progress(store: Any, settings: Settings, what: Any, now: float, expected: int) -> list[Any]:
+async def _purge_with_progress(
+    db: Database, settings: Settings, what: PurgeFilter, now: float, expected: int
+) -> list[FileRow]:
     from speccyd.generation.cleanup import purge as run_purge
-    from speccyd.storage.blobs import Blobs
+    from speccyd.storage.blobs import open_blobs
 
-    blobs = Blobs(settings.audio_dir)
+    blobs = open_blobs(settings)
     if expected <= LIST_REMOVED:
-        return list(run_purge(store, blobs, what, now))
+        return await run_purge(db, blobs, what, now)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("removing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -84,7 +92,7 @@ def _purge_with_progress(store: Any, settings: Settings, what: Any, now: float, 
 
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("purge", total=expected)
-        return list(run_purge(store, blobs, what, now, progress=lambda rows: bar.advance(task, len(rows))))
+        return await run_purge(db, blobs, what, now, progress=lambda rows: bar.advance(task, len(rows)))
 
 
 def _purge_summary(removed: list[Any], seconds: float) -> None:

@@ -30,7 +30,7 @@ def say(
     import asyncio
     import os
 
-    from speccyd.generation.speech import FORMATS
+    from speccyd.media.formats import FORMATS
 
     key = os.environ.get("OPENAI_API_KEY", "").strip()
     if not key:

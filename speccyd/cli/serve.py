@@ -26,7 +26,7 @@ def serve(
         fail(str(e))
     from speccyd.security.crypto import SecretsError
     from speccyd.server import serve as run_server
-    from speccyd.storage.database import StoreError
+    from speccyd.storage.errors import StoreError
 
     try:
         run_server(settings)

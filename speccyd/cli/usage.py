@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from speccyd.cli.common import DataDir, fail, open_store, settings_for
+if TYPE_CHECKING:
+    from speccyd.storage.database import Database
+    from speccyd.storage.records import UsageLine, UserUsage
+
+from speccyd.cli.common import DataDir, fail, run_with_db, settings_for
 from speccyd.config.units import parse_duration
 
 
@@ -25,13 +29,12 @@ def usage(
     except ValueError as e:
         fail(f"--since: {e}", 2)
     settings = settings_for(data_dir)
-    store = open_store(settings)
-    now = time.time()
-    try:
-        rows = store.usage_report(now)
-        lines = store.usage_lines(now - window)
-    finally:
-        store.close()
+
+    async def read(db: Database) -> tuple[list[UserUsage], list[UsageLine]]:
+        now = time.time()
+        return await db.usage_report(now), await db.usage_lines(now - window)
+
+    rows, lines = run_with_db(settings, read)
     prices = price_table(settings)
     report = {"since": since, **usage_report(rows, lines, prices)}
     if as_json:

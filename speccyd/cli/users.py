@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from speccyd.cli.common import DataDir, fail, find_user, open_store, removed_line, settings_for
+from speccyd.cli.common import DataDir, fail, find_user, removed_line, run_with_db, settings_for
 from speccyd.config.units import iso
+
+if TYPE_CHECKING:
+    from speccyd.storage.database import Database
+    from speccyd.storage.records import LimitOverrides, UsageLine, UserInfo, UserUsage
 
 
 def _iso(timestamp: float) -> str:
@@ -33,11 +37,7 @@ def users_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Every user: id, first and last seen, files, storage, and whether sessions were revoked."""
-    store = open_store(settings_for(data_dir))
-    try:
-        infos = store.user_infos()
-    finally:
-        store.close()
+    infos = run_with_db(settings_for(data_dir), lambda db: db.user_infos())
     if as_json:
         typer.echo(json.dumps([_user_json(i) for i in infos], indent=2))
         return
@@ -78,15 +78,15 @@ def users_show(
     from speccyd.generation.costs import WINDOW_30D, price_table, summarize
 
     settings = settings_for(data_dir)
-    store = open_store(settings)
-    now = time.time()
-    try:
-        user_id = find_user(store, user)
-        info = store.user_infos(user_id)[0]
-        today = store.user_usage(user_id, now)
-        month = summarize(store.usage_lines(now - WINDOW_30D, user_id), price_table(settings))
-    finally:
-        store.close()
+
+    async def read(db: Database) -> tuple[UserInfo, UserUsage | None, list[UsageLine]]:
+        now = time.time()
+        user_id = await find_user(db, user)
+        infos = await db.user_infos(user_id)
+        return infos[0], await db.user_usage(user_id, now), await db.usage_lines(now - WINDOW_30D, user_id)
+
+    info, today, usage = run_with_db(settings, read)
+    month = summarize(usage, price_table(settings))
     o = info.overrides
     data = {
         **_user_json(info),
@@ -123,22 +123,22 @@ def users_revoke(
     """End every session of a user now (a running server notices within about a second)."""
     from speccyd.generation.cleanup import purge as run_purge
     from speccyd.security.revocations import REFRESH
-    from speccyd.storage.blobs import Blobs
-    from speccyd.storage.database import PurgeFilter
+    from speccyd.storage.blobs import open_blobs
+    from speccyd.storage.records import PurgeFilter
 
     settings = settings_for(data_dir)
-    store = open_store(settings)
-    try:
-        user_id = find_user(store, user)
+
+    async def revoke(db: Database) -> None:
+        user_id = await find_user(db, user)
         if purge_files and not yes:
             typer.confirm(f"End every session of {user_id} and delete all of their audio?", abort=True)
-        store.revoke_sessions(user_id, time.time())
+        await db.revoke_sessions(user_id, time.time())
         typer.echo(f"ended every session of {user_id} (effective in a running server within {REFRESH:g}s)")
         if purge_files:
-            removed = run_purge(store, Blobs(settings.audio_dir), PurgeFilter(user_id=user_id), time.time())
+            removed = await run_purge(db, open_blobs(settings), PurgeFilter(user_id=user_id), time.time())
             typer.echo(removed_line(removed))
-    finally:
-        store.close()
+
+    run_with_db(settings, revoke)
 
 
 def _limit_value(option: str, value: str | None, parse: Any) -> tuple[bool, int | None]:
@@ -179,13 +179,13 @@ def users_limit(
     if not changes:
         fail("give at least one of --daily-chars, --storage, --max-files", 2)
     settings = settings_for(data_dir)
-    store = open_store(settings)
-    try:
-        user_id = find_user(store, user)
-        store.set_limits(user_id, changes)
-        o = store.user_overrides(user_id)
-    finally:
-        store.close()
+
+    async def limit(db: Database) -> tuple[str, LimitOverrides]:
+        user_id = await find_user(db, user)
+        await db.set_limits(user_id, changes)
+        return user_id, await db.user_overrides(user_id)
+
+    user_id, o = run_with_db(settings, limit)
     typer.echo(f"limits of {user_id}:")
     typer.echo(f"  daily chars  {_limit_text(o.daily_chars, settings.daily_char_quota)}")
     typer.echo(f"  storage      {_limit_text(o.storage_bytes, settings.storage_quota, size=True)}")

@@ -1,17 +1,12 @@
-"""Deleting audio: the periodic expiry sweep and `speccyd purge` share one routine."""
+"""Deleting audio: the periodic expiry pass and `speccyd purge` share one routine: rows first, then bytes."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Callable
 
-from speccyd.generation.runner import JobManager
-from speccyd.storage.blobs import Blobs
-from speccyd.storage.database import FileRow, PurgeFilter, Store
-
-log = logging.getLogger(__name__)
+from speccyd.storage.blobs import BlobStore
+from speccyd.storage.database import Database
+from speccyd.storage.records import FileRow, PurgeFilter
 
 # Rows deleted per transaction: the write lock is held for milliseconds, so requests never queue behind it.
 BATCH = 200
@@ -20,9 +15,9 @@ LAST_CLEANUP = "last_cleanup"
 TOMBSTONE_KEEP = 90 * 86400.0
 
 
-def purge(
-    store: Store,
-    blobs: Blobs,
+async def purge(
+    db: Database,
+    blobs: BlobStore,
     what: PurgeFilter,
     now: float,
     progress: Callable[[list[FileRow]], None] | None = None,
@@ -30,9 +25,9 @@ def purge(
     """Delete matching rows, then their audio: no row ever points at a missing file."""
     removed: list[FileRow] = []
     while True:
-        rows = store.delete_purge(what, now, BATCH)
+        rows = await db.delete_purge(what, now, BATCH)
         for row in rows:
-            blobs.remove(row.id, row.format)
+            await blobs.remove(row.id, row.format)
         removed.extend(rows)
         if progress is not None:
             progress(rows)
@@ -40,24 +35,9 @@ def purge(
             return removed
 
 
-def expire(store: Store, blobs: Blobs) -> list[FileRow]:
-    """One cleanup pass: remove expired audio and record when it ran."""
-    now = time.time()
-    removed = purge(store, blobs, PurgeFilter(expired=True), now)
-    store.prune_tombstones(now - TOMBSTONE_KEEP)
-    store.set_meta(LAST_CLEANUP, repr(now))
+async def expire(db: Database, blobs: BlobStore, now: float) -> list[FileRow]:
+    """One cleanup pass: remove expired audio, forget old deletions, and record when it ran."""
+    removed = await purge(db, blobs, PurgeFilter(expired=True), now)
+    await db.prune_tombstones(now - TOMBSTONE_KEEP)
+    await db.set_meta(LAST_CLEANUP, repr(now))
     return removed
-
-
-async def cleanup_loop(jobs: JobManager, store: Store, blobs: Blobs, interval: float) -> None:
-    while True:
-        try:
-            # Expiry bumps of recent cache hits first, so audio just handed out is never deleted.
-            await jobs.flush_hits()
-            removed = await store.run(expire, store, blobs)
-            for row in removed:
-                jobs.ready.drop(row.id)
-            log.info("cleanup removed %d expired files", len(removed))
-        except Exception:
-            log.exception("cleanup failed; trying again in %.0fs", interval)
-        await asyncio.sleep(interval)

@@ -14,7 +14,7 @@ from typing import Any
 
 from speccyd.config.settings import Settings
 from speccyd.config.units import iso
-from speccyd.storage.database import UsageLine, UserUsage
+from speccyd.storage.records import UsageLine, UserUsage
 
 # The window of every "30 days" figure: /user/usage, `speccyd users show` and the cache hit ratio gauge.
 WINDOW_30D = 30 * 86400

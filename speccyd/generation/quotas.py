@@ -1,6 +1,6 @@
 """Per-user limits on new generations: the server-wide defaults, and the error a user sees past one.
 
-The check itself runs inside `Store.claim`, in the same transaction that creates the row, so it only
+The check itself runs inside `Database.claim`, in the same transaction that creates the row, so it only
 ever applies to *new* generations: a cache hit or joining a generation in flight is never refused, since
 it costs nothing upstream and stores nothing new. Per-user overrides live in the database
 (`speccyd users limit`); the defaults come from settings and are replaced on SIGHUP.
@@ -9,12 +9,12 @@ it costs nothing upstream and stores nothing new. Per-user overrides live in the
 from __future__ import annotations
 
 import math
-import time
 
 from speccyd.config.settings import Settings
 from speccyd.config.units import format_size, iso
-from speccyd.storage.database import Limits, QuotaExceeded
-from speccyd.web.errors import ApiError
+from speccyd.generation.errors import DailyQuotaExceeded, QuotaExceeded, StorageQuotaExceeded
+from speccyd.storage.errors import LimitReached
+from speccyd.storage.records import Limits
 
 DAY = 86400
 
@@ -34,17 +34,14 @@ def next_utc_midnight(now: float) -> float:
     return now - (now % DAY) + DAY
 
 
-def quota_error(e: QuotaExceeded, characters: int, now: float | None = None) -> ApiError:
-    """429 for the daily limit (it resets at UTC midnight), 507 for storage and file count."""
-    now = time.time() if now is None else now
+def quota_error(e: LimitReached, characters: int, now: float) -> QuotaExceeded:
+    """The daily limit (it resets at UTC midnight), or storage and file count, in words the user acts on."""
     if e.limit == "daily_chars":
         reset = next_utc_midnight(now)
-        return ApiError(
-            429,
-            "quota_exceeded",
+        return DailyQuotaExceeded(
             f"daily character quota reached: {e.used} of {e.allowed} characters used today, this request needs "
             f"{characters}; it resets at {iso(reset)} (midnight UTC)",
-            {"Retry-After": str(max(1, math.ceil(reset - now)))},
+            max(1, math.ceil(reset - now)),
         )
     when = (
         f"space frees up as your audio expires (the next file at {iso(e.frees_at)}) or when you delete files"
@@ -55,4 +52,4 @@ def quota_error(e: QuotaExceeded, characters: int, now: float | None = None) -> 
         what = f"storage quota reached: {format_size(e.used)} stored of {format_size(e.allowed)} allowed"
     else:
         what = f"file limit reached: {e.used} of {e.allowed} files kept"
-    return ApiError(507, "quota_exceeded", f"{what}; {when}")
+    return StorageQuotaExceeded(f"{what}; {when}")

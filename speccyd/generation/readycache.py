@@ -1,7 +1,7 @@
 """Ready audio kept in memory for the two hot paths: cache hits and downloads.
 
 A cache hit then needs no database round trip: its expiry bump, the user's last-seen time and the usage
-record are queued and written in one transaction about once a second (`drain` -> `Store.record_hits`).
+record are queued and written in one transaction about once a second (`drain` -> `Database.record_hits`).
 The database stays the truth: a row missing here is read from it, and anything another process removed
 (`speccyd purge`) is caught because its audio file is gone, which callers check before trusting an entry.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from speccyd.storage.database import FileRow, Hit
+from speccyd.storage.records import FileRow, Hit
 
 # Enough for every ready file of a household server; past it the oldest entries are forgotten, not lost.
 MAX_ENTRIES = 50_000
@@ -61,3 +61,7 @@ class ReadyCache:
     def drain(self) -> list[Hit]:
         hits, self._hits = self._hits, []
         return hits
+
+    def requeue(self, hits: list[Hit]) -> None:
+        """Hits whose write failed: written with the next batch."""
+        self._hits[:0] = hits

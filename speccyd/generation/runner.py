@@ -1,7 +1,8 @@
 """Generation jobs: one background task per new audio file, bounded upstream concurrency, retries.
 
 A text longer than `upstream_max_chars` is split into chunks generated in parallel (at most
-`chunk_concurrency` per job, and `upstream_concurrency` for the whole server) and joined in order.
+`chunk_concurrency` per job, and `upstream_concurrency` for the whole server) and joined in order. The runner
+only generates: the file service decides what to generate and serves what is ready.
 """
 
 from __future__ import annotations
@@ -12,23 +13,22 @@ import dataclasses
 import errno
 import logging
 import random
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from speccyd.config.clock import Clock
 from speccyd.config.settings import Settings
 from speccyd.generation.assembly import Part, assemble
 from speccyd.generation.chunking import split_text
 from speccyd.generation.live import LiveFile
-from speccyd.generation.quotas import Quotas, quota_error
-from speccyd.generation.readycache import ReadyCache
-from speccyd.generation.speech import SpeechRequest
 from speccyd.generation.upstream import Upstream, UpstreamError
 from speccyd.media.join import Cleaner, Joiner, JoinError
 from speccyd.ops.metrics import Metrics
 from speccyd.security.crypto import ServerSecrets
-from speccyd.storage.blobs import TMP_DIR, Blobs, BlobWriter
-from speccyd.storage.database import FileRow, QuotaExceeded, Store, UnknownUser
-from speccyd.web.errors import STORAGE_FULL_MESSAGE, ApiError, StorageFull
+from speccyd.storage.blobs import BlobStore, BlobWriter
+from speccyd.storage.database import Database
+from speccyd.storage.errors import StorageFull
+from speccyd.storage.records import Failure, FileRow
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +41,29 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _storage_error(e: OSError) -> StorageFull | None:
-    return StorageFull() if e.errno in _NO_SPACE else None
+    return StorageFull(str(e)) if e.errno in _NO_SPACE else None
 
 
-class JobManager:
+class JobRunner:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
-        blobs: Blobs,
+        db: Database,
+        blobs: BlobStore,
         upstream: Upstream,
         secrets: ServerSecrets,
-        quotas: Quotas,
         metrics: Metrics,
+        clock: Clock,
+        on_ready: Callable[[FileRow], None],
     ) -> None:
         self._settings = settings
-        self._store = store
+        self._db = db
         self._blobs = blobs
         self._upstream = upstream
         self._secrets = secrets
-        self._quotas = quotas
         self._metrics = metrics
-        self.ready = ReadyCache()
+        self._clock = clock
+        self._on_ready = on_ready  # the file service's ready cache learns of each finished file
         self._slots = asyncio.Semaphore(settings.upstream_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._finishing: set[asyncio.Task[None]] = set()
@@ -73,74 +74,8 @@ class JobManager:
         """Generations in progress (the speccyd_generations_running metric)."""
         return len(self._tasks)
 
-    async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
-        """Audio for this request: cached, already in flight, or a generation started now.
-
-        Quotas are checked (inside the claim) only for a new generation: see speccyd/quotas.py.
-        """
-        now = time.time()
-        cached = self.ready.find(user_id, speech.content_hash)
-        if cached is not None and not cached.is_expired(now):
-            if self._blobs.exists(cached.id, cached.format):
-                self._outcome("cache_hit")
-                return self.ready.hit(cached, now, self._settings.retention)
-            self.ready.drop(cached.id)  # purged by another process; the database knows what is left
-        store = self._store
-        limits = self._quotas.defaults
-        try:
-            claim = await store.run(store.claim, user_id, speech.new_file(), now, self._settings.retention, limits)
-        except QuotaExceeded as e:
-            self._outcome("quota_exceeded")
-            raise quota_error(e, len(speech.text)) from None
-        except UnknownUser:
-            raise ApiError(401, "invalid_session", "this session's user no longer exists; sign in again") from None
-        if claim.replaced is not None:
-            self.ready.drop(claim.replaced.id)
-            self._blobs.remove(claim.replaced.id, claim.replaced.format)
-        if claim.created:
-            self.start(claim.row)
-        elif claim.row.status == "ready":
-            self._outcome("cache_hit")
-        else:
-            self._outcome("joined")
-        self.ready.put(claim.row)
-        return claim.row
-
     def _outcome(self, outcome: str) -> None:
         self._metrics.generations.labels(outcome).inc()
-
-    async def get(self, file_id: str) -> FileRow | None:
-        """A file by id, from memory when it is ready and known, else from the database."""
-        row = self.ready.get(file_id)
-        if row is None:
-            row = await self._store.run(self._store.get_file, file_id)
-            if row is not None:
-                self.ready.put(row)
-        return row
-
-    async def delete(self, user_id: str, file_id: str) -> bool:
-        """Delete a user's file: its row, any job in flight, then its audio."""
-        row = await self._store.run(self._store.delete_file, user_id, file_id)
-        if row is None:
-            return False
-        self.ready.drop(file_id)
-        await self.cancel(file_id)
-        self._blobs.remove(row.id, row.format)
-        return True
-
-    async def flush_hits(self) -> None:
-        hits = self.ready.drain()
-        if hits:
-            await self._store.run(self._store.record_hits, hits)
-
-    async def flush_hits_forever(self, interval: float = 1.0) -> None:
-        # Expiry has one-second resolution anyway; a crash loses at most this much hit bookkeeping.
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.flush_hits()
-            except Exception:
-                log.exception("recording cache hits failed; will retry")
 
     def start(self, row: FileRow) -> None:
         if row.id in self._tasks:
@@ -182,35 +117,40 @@ class JobManager:
         await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _run(self, row: FileRow, live: LiveFile) -> None:
-        store = self._store
         try:
-            blob = await store.run(store.user_key, row.user_id)
+            blob = await self._db.user_key(row.user_id)
             api_key = self._secrets.decrypt_key(blob, row.user_id) if blob is not None else None
             if api_key is None:
-                raise UpstreamError("the server cannot use this user's key any more; sign in again", retryable=False)
+                raise UpstreamError(
+                    "the server cannot use this user's key any more; sign in again",
+                    retryable=False,
+                    code="key_unusable",
+                )
             await self._generate(row, api_key, live)
             self._outcome("generated")
         except UpstreamError as e:
             log.warning("generation %s failed: %s", row.id, e.message)
-            self._outcome("failed")
-            await store.run(store.mark_failed, row.id, e.message, time.time())
-        except StorageFull:
-            log.error("generation %s failed: no space left for audio in %s", row.id, self._blobs.root)
-            self._outcome("failed")
-            try:
-                await store.run(store.mark_failed, row.id, f"storage_full: {STORAGE_FULL_MESSAGE}", time.time())
-            except StorageFull:
-                # Not even the failure fits: the row stays 'generating' and is retried at the next start.
-                log.error("generation %s: cannot record the failure either; the disk is full", row.id)
+            await self._fail(row, Failure(e.code, e.message, e.status))
+        except StorageFull as e:
+            log.error("generation %s failed: no space left for its audio or its row (%s)", row.id, e.detail)
+            await self._fail(row, Failure("storage_full", str(e)))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("generation %s failed unexpectedly", row.id)
-            self._outcome("failed")
-            await store.run(store.mark_failed, row.id, "internal error while generating", time.time())
+            await self._fail(row, Failure("internal_error", "internal error while generating"))
         finally:
             if live.state == "generating":  # failed or cancelled: readers must not see a clean end
                 live.fail()
+
+    async def _fail(self, row: FileRow, failure: Failure) -> None:
+        self._outcome("failed")
+        try:
+            await self._db.mark_failed(row.id, failure, self._clock.now())
+        except Exception:
+            # Not even the failure could be written (a full disk, a broken database): the row stays
+            # 'generating' and is generated again at the next start, so nothing is lost or left half done.
+            log.exception("generation %s: cannot record its failure either; it is retried at the next start", row.id)
 
     async def _split(self, text: str) -> list[str]:
         limit = self._settings.upstream_max_chars
@@ -224,14 +164,14 @@ class JobManager:
         try:
             joiner = Joiner(row.format, len(texts))
         except JoinError as e:
-            raise UpstreamError(str(e), retryable=False) from None
+            raise UpstreamError(str(e), retryable=False, code="upstream_bad_audio") from None
         live.chunks_total = len(texts)
         try:
             writer = self._blobs.writer(row.id, row.format)
         except OSError as e:
             raise _storage_error(e) or e from None
-        live.open(writer.temp, writer.final)
-        parts = [Part(self._blobs.root / TMP_DIR) for _ in texts]
+        live.open(writer.temp, self._blobs.local_path(row.id, row.format))
+        parts = [Part(self._blobs.spool_dir) for _ in texts]
         job = _Job(row, api_key, joiner, live, asyncio.Semaphore(self._settings.chunk_concurrency))
         try:
             try:
@@ -299,7 +239,7 @@ class JobManager:
             # of bytes cannot hold an upstream slot forever.
             async with job.chunk_slots, self._slots, asyncio.timeout(deadline):
                 part.begin()
-                started = time.monotonic()
+                started = self._clock.monotonic()
                 result = "error"
                 chunks = self._upstream.speech(
                     job.api_key,
@@ -314,26 +254,32 @@ class JobManager:
                     async with contextlib.aclosing(chunks):
                         async for chunk in chunks:
                             if received == 0:
-                                self._metrics.upstream_first_byte.observe(time.monotonic() - started)
+                                self._metrics.upstream_first_byte.observe(self._clock.monotonic() - started)
                             received += len(chunk)
                             if received > MAX_AUDIO_BYTES:
                                 raise UpstreamError(
-                                    f"upstream sent more than {MAX_AUDIO_BYTES // 2**20} MiB of audio", retryable=False
+                                    f"upstream sent more than {MAX_AUDIO_BYTES // 2**20} MiB of audio",
+                                    retryable=False,
+                                    code="upstream_bad_audio",
                                 )
                             part.write(cleaner.feed(chunk))
                     result = "ok"
                 finally:
-                    self._metrics.upstream_duration.labels(result).observe(time.monotonic() - started)
+                    self._metrics.upstream_duration.labels(result).observe(self._clock.monotonic() - started)
             if received == 0:
-                raise UpstreamError("upstream returned no audio", retryable=True)
+                raise UpstreamError("upstream returned no audio", retryable=True, code="upstream_bad_audio")
             part.write(cleaner.finish())
             part.finish()
         except JoinError as e:
             part.abort()
-            raise UpstreamError(f"cannot join the upstream's audio: {e}", retryable=False) from None
+            raise UpstreamError(
+                f"cannot join the upstream's audio: {e}", retryable=False, code="upstream_bad_audio"
+            ) from None
         except TimeoutError:
             part.abort()
-            raise UpstreamError(f"upstream too slow: no complete audio within {deadline:g}s", retryable=True) from None
+            raise UpstreamError(
+                f"upstream too slow: no complete audio within {deadline:g}s", retryable=True, code="upstream_timeout"
+            ) from None
         except OSError as e:
             part.abort()
             raise _storage_error(e) or e from None
@@ -343,30 +289,27 @@ class JobManager:
 
     async def _finish(self, row: FileRow, writer: BlobWriter, live: LiveFile) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, writer.commit)
+            await writer.commit()
         except OSError as e:
             writer.discard()
             raise _storage_error(e) or e from None
         except BaseException:
             writer.discard()
             raise
-        store = self._store
-        now = time.time()
+        now = self._clock.now()
         try:
-            stored = await store.run(
-                store.mark_ready, row.id, writer.size, writer.sha256, now, self._settings.retention
-            )
+            stored = await self._db.mark_ready(row.id, writer.size, writer.sha256, now, self._settings.retention)
         except BaseException:  # the row could not say "ready" (a full disk): keep no file it does not name
-            self._blobs.remove(row.id, row.format)
+            await self._blobs.remove(row.id, row.format)
             raise
         if not stored:  # deleted or purged while generating: keep no audio without a row
-            self._blobs.remove(row.id, row.format)
+            await self._blobs.remove(row.id, row.format)
             return
         ready = dataclasses.replace(
             row, status="ready", size_bytes=writer.size, sha256=writer.sha256, updated_at=now,
             expires_at=now + self._settings.retention,
         )  # fmt: skip
-        self.ready.put(ready)
+        self._on_ready(ready)
         live.finish()
 
 

@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from speccyd.generation.errors import InvalidRequest
+from speccyd.media.formats import FORMATS
 from speccyd.media.join import JOINABLE
-from speccyd.storage.database import NewFile
-from speccyd.web.errors import ApiError
+from speccyd.storage.records import NewFile
 
 VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "nova",
@@ -17,15 +18,6 @@ VOICES = (
 )  # fmt: skip
 MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 INSTRUCTION_MODELS = ("gpt-4o-mini-tts",)  # tts-1 and tts-1-hd ignore instructions; refuse instead
-CONTENT_TYPES = {
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
-    "aac": "audio/aac",
-    "flac": "audio/flac",
-    "wav": "audio/wav",
-    "pcm": "audio/pcm",
-}
-FORMATS = tuple(CONTENT_TYPES)
 MAX_INSTRUCTIONS = 4096
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
@@ -74,8 +66,12 @@ def _is_unicode(value: str) -> bool:
 def _choice(body: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], code: str) -> str:
     value = body.get(key, default)
     if value not in allowed:
-        raise ApiError(400, code, f"{key} must be one of: {', '.join(allowed)}")
+        raise InvalidRequest(code, f"{key} must be one of: {', '.join(allowed)}", key)
     return str(value)
+
+
+def _bad_instructions(message: str) -> InvalidRequest:
+    return InvalidRequest("invalid_instructions", message, "instructions")
 
 
 def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max_chars: int = 4096) -> SpeechRequest:
@@ -85,36 +81,42 @@ def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max
     """
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "invalid_text", "text must be a non-empty string")
+        raise InvalidRequest("invalid_text", "text must be a non-empty string", "text")
     if not _is_unicode(text):
-        raise ApiError(400, "invalid_text", "text must be valid Unicode (it has a lone surrogate)")
+        raise InvalidRequest("invalid_text", "text must be valid Unicode (it has a lone surrogate)", "text")
     if len(text) > max_text_chars:
-        raise ApiError(400, "text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}")
+        raise InvalidRequest("text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}", "text")
     voice = _choice(body, "voice", "alloy", VOICES, "invalid_voice")
     model = _choice(body, "model", "tts-1", MODELS, "invalid_model")
     fmt = _choice(body, "format", "mp3", FORMATS, "invalid_format")
     if len(text) > upstream_max_chars and fmt not in JOINABLE:
-        raise ApiError(
-            400,
+        raise InvalidRequest(
             "format_not_joinable",
             f"{fmt} audio is limited to {upstream_max_chars} characters of text (it cannot be joined from parts); "
             f"this text is {len(text)}: use one of {', '.join(JOINABLE)} for long text",
+            "format",
         )
 
     speed = body.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed):
-        raise ApiError(400, "invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+        raise InvalidRequest("invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}", "speed")
     if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise ApiError(400, "invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+        raise InvalidRequest("invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}", "speed")
 
     instructions = body.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str) or not _is_unicode(instructions):
-            raise ApiError(400, "invalid_instructions", "instructions must be a string of valid Unicode")
+            raise InvalidRequest(
+                "invalid_instructions", "instructions must be a string of valid Unicode", "instructions"
+            )
         if len(instructions) > MAX_INSTRUCTIONS:
-            raise ApiError(400, "invalid_instructions", f"instructions are limited to {MAX_INSTRUCTIONS} characters")
+            raise InvalidRequest(
+                "invalid_instructions", f"instructions are limited to {MAX_INSTRUCTIONS} characters", "instructions"
+            )
         if model not in INSTRUCTION_MODELS:
-            raise ApiError(400, "invalid_instructions", f"instructions only work with {', '.join(INSTRUCTION_MODELS)}")
+            raise InvalidRequest(
+                "invalid_instructions", f"instructions only work with {', '.join(INSTRUCTION_MODELS)}", "instructions"
+            )
         instructions = instructions or None
     # Rounded as the content hash rounds it, so the upstream hears exactly what the hash names.
     return SpeechRequest(text, voice, model, fmt, round(float(speed), 2), instructions)

@@ -8,6 +8,8 @@ from typing import Any
 
 import openai
 
+from speccyd.generation.errors import UpstreamUnavailable
+
 try:  # the SDK's HTTP library; raised as is while a streamed body is being read
     import httpx2 as _httpx  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - older SDKs
@@ -23,18 +25,23 @@ _MAX_RETRY_AFTER = 300.0
 
 
 class UpstreamError(Exception):
+    """One failed upstream call: whether to retry it, and the failure code it leaves if not retried."""
+
     def __init__(
-        self, message: str, *, retryable: bool, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        code: str,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.code = code  # one of generation.errors.FAILURE_CODES
         self.status = status
         self.retry_after = retry_after
-
-
-class KeyRejected(Exception):
-    """The upstream refused this API key (401/403)."""
 
 
 # OpenAI's 401 says "Incorrect API key provided: sk-proj-****abcd"; the message is stored and shown to the
@@ -78,14 +85,17 @@ def classify(e: BaseException) -> UpstreamError:
         return UpstreamError(
             f"upstream error {status}: {message}",
             retryable=retryable,
+            code="upstream_failed" if retryable else "upstream_refused",
             status=status,
             retry_after=_retry_after(e),
         )
     # A stalled body raises the HTTP library's own timeout, not the SDK's; both mean the same to a user.
     if isinstance(e, openai.APITimeoutError | _httpx.TimeoutException):
-        return UpstreamError("upstream timed out", retryable=True)
+        return UpstreamError("upstream timed out", retryable=True, code="upstream_timeout")
     if isinstance(e, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-        return UpstreamError(f"upstream connection failed: {type(e).__name__}", retryable=True)
+        return UpstreamError(
+            f"upstream connection failed: {type(e).__name__}", retryable=True, code="upstream_unreachable"
+        )
     raise e
 
 
@@ -98,14 +108,16 @@ class Upstream:
     async def close(self) -> None:
         await self._client.close()
 
-    async def check_key(self, api_key: str) -> None:
-        """Raise KeyRejected for a refused key, UpstreamError when the upstream cannot say."""
+    async def check_key(self, api_key: str) -> bool:
+        """Whether the upstream accepts this key (401/403: no); UpstreamUnavailable when it cannot say."""
         try:
             await self._client.with_options(api_key=api_key).models.list()
         except (openai.AuthenticationError, openai.PermissionDeniedError):
-            raise KeyRejected from None
+            return False
         except Exception as e:
-            raise classify(e) from None
+            message = classify(e).message
+            raise UpstreamUnavailable(f"cannot check the key with the upstream: {message}") from None
+        return True
 
     async def speech(
         self,
@@ -130,7 +142,9 @@ class Upstream:
             ) as response:
                 content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
                 if content_type.startswith(("text/", "application/json")):
-                    raise UpstreamError(f"upstream sent {content_type} instead of audio", retryable=False)
+                    raise UpstreamError(
+                        f"upstream sent {content_type} instead of audio", retryable=False, code="upstream_bad_audio"
+                    )
                 async for chunk in response.iter_bytes():
                     if chunk:
                         yield chunk

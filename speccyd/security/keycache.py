@@ -3,8 +3,9 @@ checked with the upstream every time."""
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
+
+from speccyd.config.clock import SYSTEM_CLOCK, Clock
 
 MAX_ENTRIES = 10_000  # far more keys than a household server sees; bounds memory against key spraying
 
@@ -12,7 +13,8 @@ MAX_ENTRIES = 10_000  # far more keys than a household server sees; bounds memor
 class KeyCache:
     """Key lookup hash -> user id, for `ttl` seconds. Keyed by the HMAC, so no key is ever held here."""
 
-    def __init__(self, ttl: float, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, ttl: float, max_entries: int = MAX_ENTRIES, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._ttl = ttl
         self._max = max_entries
         self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -22,14 +24,14 @@ class KeyCache:
         if entry is None:
             return None
         user_id, expires = entry
-        if expires <= time.monotonic():
+        if expires <= self._clock.monotonic():
             del self._entries[lookup_hash]
             return None
         self._entries.move_to_end(lookup_hash)
         return user_id
 
     def put(self, lookup_hash: str, user_id: str) -> None:
-        self._entries[lookup_hash] = (user_id, time.monotonic() + self._ttl)
+        self._entries[lookup_hash] = (user_id, self._clock.monotonic() + self._ttl)
         self._entries.move_to_end(lookup_hash)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)

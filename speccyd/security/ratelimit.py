@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-import time
+
+from speccyd.config.clock import SYSTEM_CLOCK, Clock
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self.per_minute = per_minute
         self._rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
@@ -31,14 +33,14 @@ class RateLimiter:
         """0 when a request may go ahead now, else whole seconds until one may."""
         if not self.enabled:
             return 0
-        tokens = self._tokens(key, time.monotonic())
+        tokens = self._tokens(key, self._clock.monotonic())
         return 0 if tokens >= 1 else max(1, math.ceil((1 - tokens) / self._rate))
 
     def take(self, key: str) -> int:
         """Spend one token; returns 0 on success, else the Retry-After seconds (nothing spent)."""
         if not self.enabled:
             return 0
-        now = time.monotonic()
+        now = self._clock.monotonic()
         tokens = self._tokens(key, now)
         if tokens < 1:
             return max(1, math.ceil((1 - tokens) / self._rate))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from speccyd.storage.database import Store
+from speccyd.storage.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ class Revocations:
         return issued_at <= limit
 
 
-async def refresh_loop(store: Store, revocations: Revocations, interval: float = REFRESH) -> None:
+async def refresh_loop(db: Database, revocations: Revocations, interval: float = REFRESH) -> None:
     while True:
         try:
-            revocations.load(await store.run(store.revocations))
+            revocations.load(await db.revocations())
         except Exception:
             log.exception("cannot read session revocations; keeping the last known list")
         await asyncio.sleep(interval)

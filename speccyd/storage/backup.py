@@ -27,9 +27,11 @@ from pathlib import Path
 
 from speccyd import __version__
 from speccyd.config.settings import CONFIG_FILE, Settings
-from speccyd.generation.speech import FORMATS
+from speccyd.media.formats import FORMATS
 from speccyd.storage.blobs import make_private_dir
-from speccyd.storage.database import Store, StoreError
+from speccyd.storage.errors import StoreError
+from speccyd.storage.sqlite.engine import Engine
+from speccyd.storage.sqlite.maintenance import forget_files, integrity_check, online_backup, ready_files, schema_version
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -118,14 +120,10 @@ def backup(settings: Settings, dest: Path, *, secrets: bool = True, progress: Pr
 
 
 def _write_tree(settings: Settings, root: Path, secrets: bool, progress: Progress | None) -> BackupReport:
-    live = Store(settings.db_path)
+    online_backup(settings.db_path, root / DB_NAME)
+    snapshot = Engine(root / DB_NAME)
     try:
-        live.backup_to(root / DB_NAME)
-    finally:
-        live.close()
-    snapshot = Store(root / DB_NAME)
-    try:
-        ready = snapshot.ready_files()
+        ready = ready_files(snapshot.connection)
         vanished: list[str] = []
         total = 0
         for done, (file_id, fmt, size, _sha) in enumerate(ready, 1):
@@ -140,10 +138,10 @@ def _write_tree(settings: Settings, root: Path, secrets: bool, progress: Progres
             if progress is not None:
                 progress(done, len(ready))
         # The copy then says exactly what the backup holds: no row points at a file that is not in it.
-        snapshot.forget_files(vanished)
-        schema = snapshot.schema_version
+        forget_files(snapshot.connection, vanished)
+        schema = schema_version(snapshot.connection)
     finally:
-        snapshot.close()
+        snapshot.shutdown()
     (root / DB_NAME).chmod(0o600)
     if settings.config_path.exists():
         shutil.copyfile(settings.config_path, root / CONFIG_FILE)
@@ -224,16 +222,16 @@ def _restore_tree(source: Path, staged: Path, progress: Progress | None) -> Rest
     shutil.copyfile(source / DB_NAME, staged / DB_NAME)
     (staged / DB_NAME).chmod(0o600)
     try:
-        store = Store(staged / DB_NAME)  # refuses a newer schema, migrates an older one
+        engine = Engine(staged / DB_NAME)  # refuses a newer schema, migrates an older one
     except StoreError as e:
         raise BackupError(str(e)) from None
     try:
-        problems = store.integrity_check()
+        problems = integrity_check(engine.connection)
         if problems:
             raise BackupError(f"database fails PRAGMA integrity_check: {'; '.join(problems[:5])}")
-        ready = store.ready_files()
+        ready = ready_files(engine.connection)
     finally:
-        store.close()
+        engine.shutdown()
     make_private_dir(staged / "audio")
     total = 0
     for done, (file_id, fmt, size, sha256) in enumerate(ready, 1):

@@ -1,14 +1,21 @@
-"""Audio files on disk: server-chosen names only, written to a temp file and renamed into place."""
+"""Audio bytes: the blob-store interface, and its implementation as files in the data dir's `audio/`.
+
+Server-chosen names only; a file is written to a temp file and renamed into place once complete, so no
+reader ever sees half a file under its final name. A second store (S3-compatible) implements `BlobStore`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
+
+from speccyd.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -16,17 +23,48 @@ TMP_DIR = "tmp"
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+class BlobWriter(Protocol):
+    """One file being written: a local temp file (which live readers follow) until `commit`."""
+
+    temp: Path
+    size: int
+
+    def write(self, data: bytes) -> None: ...
+    def rewind(self, size: int) -> None: ...
+    def patch(self, offset: int, data: bytes) -> None: ...
+    @property
+    def sha256(self) -> str: ...
+    async def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    spool_dir: Path  # local scratch space for the parts of a long text
+
+    def writer(self, file_id: str, fmt: str) -> BlobWriter: ...
+    async def exists(self, file_id: str, fmt: str) -> bool: ...
+    def local_path(self, file_id: str, fmt: str) -> Path: ...
+    async def remove(self, file_id: str, fmt: str) -> None: ...
+    async def sweep(self, keep: set[str]) -> int: ...
+
+
 def make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
 
 
-class BlobWriter:
+def check_id(file_id: str) -> str:
+    if not _ID.match(file_id):  # ids are ours, but a path must never follow anything else
+        raise ValueError(f"not a file id: {file_id!r}")
+    return file_id
+
+
+class LocalBlobWriter:
     """A temp file that counts and hashes what is written; `commit` makes it the file's audio."""
 
-    def __init__(self, blobs: Blobs, file_id: str, fmt: str) -> None:
+    def __init__(self, blobs: LocalBlobs, file_id: str, fmt: str) -> None:
         self.final = blobs.path(file_id, fmt)
-        self.temp = blobs.root / TMP_DIR / f"{file_id}.{secrets.token_hex(4)}.part"
+        self.temp = blobs.spool_dir / f"{file_id}.{secrets.token_hex(4)}.part"
         self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._hash: hashlib._Hash | None = hashlib.sha256()  # None once bytes were rewritten: hashed at commit
         self.size = 0
@@ -64,7 +102,7 @@ class BlobWriter:
                 digest.update(block)
         self._hash = digest
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         if self._hash is None:
             self._rehash()
         # fsync before rename so a crash never leaves a half file under the final name.
@@ -79,6 +117,10 @@ class BlobWriter:
         finally:
             os.close(dir_fd)
 
+    async def commit(self) -> None:
+        # Hashing and two fsyncs of a long file take milliseconds to seconds: off the event loop.
+        await asyncio.get_running_loop().run_in_executor(None, self._commit)
+
     def discard(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -86,33 +128,40 @@ class BlobWriter:
         self.temp.unlink(missing_ok=True)
 
 
-class Blobs:
+class LocalBlobs:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._root_str = str(root)
+        self.spool_dir = root / TMP_DIR
         make_private_dir(root)
-        make_private_dir(root / TMP_DIR)
+        make_private_dir(self.spool_dir)
 
     def path(self, file_id: str, fmt: str) -> Path:
-        if not _ID.match(file_id):  # ids are ours, but a path must never follow anything else
-            raise ValueError(f"not a file id: {file_id!r}")
-        return self.root / file_id[:2] / f"{file_id}.{fmt}"
+        return self.root / check_id(file_id)[:2] / f"{file_id}.{fmt}"
 
-    def writer(self, file_id: str, fmt: str) -> BlobWriter:
-        return BlobWriter(self, file_id, fmt)
+    def local_path(self, file_id: str, fmt: str) -> Path:
+        return self.path(file_id, fmt)
 
-    def exists(self, file_id: str, fmt: str) -> bool:
-        # os.path on a string: this runs on every cache hit, and pathlib costs several times more.
-        return os.path.isfile(f"{self._root_str}/{file_id[:2]}/{file_id}.{fmt}")
+    def writer(self, file_id: str, fmt: str) -> LocalBlobWriter:
+        return LocalBlobWriter(self, file_id, fmt)
 
-    def remove(self, file_id: str, fmt: str) -> None:
+    async def exists(self, file_id: str, fmt: str) -> bool:
+        # A stat of microseconds, on every cache hit: a thread hop would cost more than it. os.path on a
+        # string, because pathlib costs several times more.
+        return os.path.isfile(  # noqa: ASYNC240
+            f"{self._root_str}/{file_id[:2]}/{file_id}.{fmt}"
+        )
+
+    async def remove(self, file_id: str, fmt: str) -> None:
         self.path(file_id, fmt).unlink(missing_ok=True)
 
-    def sweep(self, keep: Iterable[str]) -> int:
+    async def sweep(self, keep: set[str]) -> int:
         """Remove temp files and every audio file whose id is not in `keep`; run before serving."""
-        keep = set(keep)
+        return await asyncio.get_running_loop().run_in_executor(None, self._sweep, keep)
+
+    def _sweep(self, keep: set[str]) -> int:
         removed = 0
-        for temp in (self.root / TMP_DIR).iterdir():
+        for temp in self.spool_dir.iterdir():
             temp.unlink(missing_ok=True)
             removed += 1
         for sub in self.root.iterdir():
@@ -125,3 +174,8 @@ class Blobs:
         if removed:
             log.info("removed %d leftover audio or temp files", removed)
         return removed
+
+
+def open_blobs(settings: Settings) -> BlobStore:
+    """The blob store the settings name (today: the data dir's audio/)."""
+    return LocalBlobs(settings.audio_dir)

@@ -24,9 +24,21 @@ class FileRow:
     created_at: float
     updated_at: float
     expires_at: float
+    # Why a generation failed, as data (see `Failure`); the message above is for people.
+    error_code: str | None = None
+    upstream_status: int | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.status != "generating" and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a generation failed: a stable code, the upstream's HTTP status if it answered one, and a message."""
+
+    code: str
+    message: str
+    upstream_status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class Limits:
     max_files: int
 
 
+NO_LIMITS = Limits(0, 0, 0)
+
+
 @dataclass(frozen=True)
 class LimitOverrides:
     daily_chars: int | None = None
@@ -95,17 +110,6 @@ class LimitOverrides:
             defaults.storage_bytes if self.storage_bytes is None else self.storage_bytes,
             defaults.max_files if self.max_files is None else self.max_files,
         )
-
-
-class QuotaExceeded(Exception):
-    """A new generation would go over one of the user's limits; nothing was written."""
-
-    def __init__(self, limit: str, allowed: int, used: int, frees_at: float | None) -> None:
-        super().__init__(f"{limit} quota exceeded")
-        self.limit = limit  # "daily_chars", "storage" or "max_files"
-        self.allowed = allowed
-        self.used = used
-        self.frees_at = frees_at  # when the oldest kept file expires (storage and file limits)
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,3 @@ class ChangePage:
     tombstones: list[Tombstone]
     next_cursor: int
     has_more: bool
-
-
-class CursorTooOld(Exception):
-    """The cursor is older than the oldest kept tombstone, or newer than anything this database wrote."""

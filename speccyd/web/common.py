@@ -10,7 +10,7 @@ from aiohttp import web
 
 from speccyd.appkeys import SETTINGS
 from speccyd.config.units import iso
-from speccyd.storage.database import FileRow
+from speccyd.storage.records import FileRow
 from speccyd.web.auth import signed_file_url
 from speccyd.web.errors import ApiError
 
@@ -48,4 +48,5 @@ def file_json(request: web.Request, row: FileRow) -> dict[str, Any]:
     }
     if row.error:
         data["error"] = row.error
+        data["error_code"] = row.error_code
     return data

@@ -1,15 +1,48 @@
-"""The one error type handlers raise, and the middleware that turns every failure into JSON."""
+"""Errors at the edge: the one table from domain exceptions to HTTP statuses and stable codes, and the envelopes.
+
+Services and storage raise their own exceptions (storage/errors.py, security/errors.py, generation/errors.py)
+and never think about HTTP; handlers raise `ApiError` only for what is about HTTP itself (a body that is not
+JSON, a bad Range). The middleware (middleware.py) turns both into one JSON shape.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
-log = logging.getLogger(__name__)
+from speccyd.generation import errors as generation
+from speccyd.security import errors as security
+from speccyd.storage import errors as storage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Every domain exception a request can end in: its status and stable code. None: the exception carries
+# its own code (validation names the rule that failed). A subclass not listed takes its base class's row.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
+    generation.InvalidRequest: (400, None),
+    security.InvalidKey: (400, "invalid_openai_token"),
+    security.NotSignedIn: (401, "unauthorized"),
+    security.BadAuthorization: (401, "invalid_authorization"),
+    security.InvalidSession: (401, "invalid_session"),
+    security.SessionExpired: (401, "session_expired"),
+    security.SessionRevoked: (401, "session_revoked"),
+    storage.UnknownUser: (401, "invalid_session"),
+    security.KeyRejected: (401, "invalid_openai_token"),
+    security.InvalidSignature: (401, "invalid_signature"),
+    security.SignatureExpired: (401, "signature_expired"),
+    generation.FileNotFound: (404, "not_found"),
+    generation.FileExpired: (410, "expired"),
+    storage.CursorTooOld: (410, "cursor_expired"),
+    generation.GenerationFailed: (410, "generation_failed"),
+    security.RateLimited: (429, "rate_limited"),
+    security.TooManyFailedSignIns: (429, "too_many_failed_sign_ins"),
+    generation.DailyQuotaExceeded: (429, "quota_exceeded"),
+    generation.UpstreamUnavailable: (502, "upstream_unavailable"),
+    generation.StorageQuotaExceeded: (507, "quota_exceeded"),
+    storage.StorageFull: (507, "storage_full"),
+}
 
 # Stable codes for the errors aiohttp raises itself (routing, body size, ...).
 HTTP_CODES = {
@@ -23,7 +56,6 @@ HTTP_CODES = {
     416: "range_not_satisfiable",
     429: "rate_limited",
 }
-
 
 # The OpenAI-compatible API lives under this prefix and answers errors in OpenAI's envelope.
 OPENAI_PREFIX = "/v1/"
@@ -48,6 +80,8 @@ _OPENAI_CODES = {
 
 
 class ApiError(Exception):
+    """An error about HTTP itself, raised by a handler: it already knows its status and code."""
+
     def __init__(
         self,
         status: int,
@@ -64,11 +98,18 @@ class ApiError(Exception):
         self.param = param  # the request field at fault, for OpenAI-style errors
 
 
-class StorageFull(Exception):
-    """The disk holding the data dir is full: audio or database rows cannot be written."""
-
-
-STORAGE_FULL_MESSAGE = "the server's disk is full; ask its owner to free space, then retry"
+def api_error(e: Exception) -> ApiError | None:
+    """The HTTP answer for a domain exception, from DOMAIN_ERRORS; None for anything not listed (a bug)."""
+    if isinstance(e, ApiError):
+        return e
+    for kind in type(e).__mro__:
+        entry = DOMAIN_ERRORS.get(kind)
+        if entry is not None:
+            status, code = entry
+            retry_after: Any = getattr(e, "retry_after", None)
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+            return ApiError(status, code or getattr(e, "code"), str(e), headers, getattr(e, "param", None))  # noqa: B009
+    return None
 
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -83,14 +124,7 @@ def openai_error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def respond(
-    request: web.Request,
-    status: int,
-    code: str,
-    message: str,
-    headers: Mapping[str, str] | None = None,
-    param: str | None = None,
-) -> web.Response:
+def respond(request: web.BaseRequest, error: ApiError) -> web.Response:
     if request.path.startswith(OPENAI_PREFIX):
-        return openai_error_response(status, code, message, param, headers)
-    return error_response(status, code, message, headers)
+        return openai_error_response(error.status, error.code, error.message, error.param, error.headers)
+    return error_response(error.status, error.code, error.message, error.headers)

@@ -8,7 +8,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from speccyd.ops.metrics import Metrics
-from speccyd.web.errors import HTTP_CODES, STORAGE_FULL_MESSAGE, ApiError, Handler, StorageFull, respond
+from speccyd.storage.errors import StorageFull
+from speccyd.web.errors import HTTP_CODES, ApiError, Handler, api_error, respond
 
 log = logging.getLogger(__name__)
 
@@ -17,22 +18,22 @@ log = logging.getLogger(__name__)
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as e:
-        return respond(request, e.status, e.code, e.message, e.headers, e.param)
-    except StorageFull:
-        log.error("%s %s failed: the data dir's disk is full", request.method, request.rel_url.raw_path)
-        return respond(request, 507, "storage_full", STORAGE_FULL_MESSAGE)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = HTTP_CODES.get(e.status, "http_error")
         message = e.reason if e.status != 413 else "request body is larger than 1 MiB"
         headers = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After", "Content-Range")}
-        return respond(request, e.status, code, message, headers)
-    except Exception:
-        # The traceback goes to the log only; the client learns nothing about internals.
-        log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
-        return respond(request, 500, "internal_error", "internal server error")
+        return respond(request, ApiError(e.status, code, message, headers))
+    except Exception as e:
+        error = api_error(e)
+        if error is None:
+            # The traceback goes to the log only; the client learns nothing about internals.
+            log.exception("unhandled error in %s %s", request.method, request.rel_url.raw_path)
+            error = ApiError(500, "internal_error", "internal server error")
+        elif isinstance(e, StorageFull):
+            log.error("%s %s failed: the data dir's disk is full", request.method, request.rel_url.raw_path)
+        return respond(request, error)
 
 
 def route_label(request: web.Request) -> str:

@@ -12,9 +12,9 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from speccyd.generation.live import LiveAborted, LiveFile
-from speccyd.generation.speech import CONTENT_TYPES
+from speccyd.media.formats import CONTENT_TYPES
 from speccyd.ops.metrics import Metrics
-from speccyd.storage.database import FileRow
+from speccyd.storage.records import FileRow
 from speccyd.web.errors import ApiError
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from typing import Any
 
 from aiohttp import web
 
 from speccyd import __version__
-from speccyd.appkeys import SETTINGS, STARTED_AT, STORE
+from speccyd.appkeys import CLOCK, DATABASE, SETTINGS, STARTED_AT
 from speccyd.config.units import format_duration, format_size, iso
 from speccyd.generation.cleanup import LAST_CLEANUP
 
@@ -24,13 +23,13 @@ DB_TIMEOUT = 2.0
 async def healthz(request: web.Request) -> web.Response:
     """200 when the database takes writes, the disk has room and cleanup is running; 503 naming what is not."""
     app = request.app
-    settings, store = app[SETTINGS], app[STORE]
-    now = time.time()
+    settings, db = app[SETTINGS], app[DATABASE]
+    now = app[CLOCK].now()
     checks: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
 
     try:
-        await asyncio.wait_for(store.run(store.probe_write, now), DB_TIMEOUT)
+        await asyncio.wait_for(db.probe_write(now), DB_TIMEOUT)
         checks["database"] = {"ok": True}
     except TimeoutError:
         checks["database"] = {"ok": False}
@@ -57,7 +56,7 @@ async def healthz(request: web.Request) -> web.Response:
         # Its record is in the database, behind the stuck or failing write: "unknown", not a second failure.
         checks["cleanup"] = {"ok": None, "last_run": None, "max_age_seconds": max_age}
     else:
-        last_raw = await store.run(store.get_meta, LAST_CLEANUP)
+        last_raw = await db.get_meta(LAST_CLEANUP)
         last = float(last_raw) if last_raw else None
         since = now - (last if last is not None else app[STARTED_AT])
         cleanup_ok = since <= max_age

@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from speccyd.appkeys import JOBS, STORE
+from speccyd.appkeys import FILES
 from speccyd.config.units import iso
-from speccyd.storage.database import CursorTooOld, FileRow
+from speccyd.storage.records import FileRow
 from speccyd.web.auth import require_user
 from speccyd.web.common import FILE_ID, file_json
 from speccyd.web.errors import ApiError
@@ -51,13 +51,7 @@ async def library(request: web.Request) -> web.Response:
     user_id = require_user(request)
     since = _query_int(request, "since", 0, 0, 10**18, "invalid_cursor")
     limit = _query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, "invalid_limit")
-    store = request.app[STORE]
-    try:
-        # Cache hits answered from memory change expiries; write them first so this page includes them.
-        await request.app[JOBS].flush_hits()
-        page = await store.run(store.changes_since, user_id, since, limit)
-    except CursorTooOld as e:
-        raise ApiError(410, "cursor_expired", f"{e}; sync again from the start (since=0)") from None
+    page = await request.app[FILES].changes_since(user_id, since, limit)
     return web.json_response(
         {
             "files": [file_meta(request, row) for _, row in page.files],
@@ -74,8 +68,5 @@ async def library(request: web.Request) -> web.Response:
 @routes.get(f"/files/{FILE_ID}/meta")
 async def meta(request: web.Request) -> web.Response:
     user_id = require_user(request)
-    store = request.app[STORE]
-    row = await store.run(store.get_file, request.match_info["file_id"])
-    if row is None or row.user_id != user_id:  # another user's file is "not found", never "forbidden"
-        raise ApiError(404, "not_found", "no such file")
+    row = await request.app[FILES].current(user_id, request.match_info["file_id"])
     return web.json_response(file_meta(request, row))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from speccyd.appkeys import JOBS, METRICS, SETTINGS, STORE
+from speccyd.appkeys import CLOCK, FILES, METRICS, RUNNER, SETTINGS
 from speccyd.generation.costs import WINDOW_30D, price_table, summarize
 
 routes = web.RouteTableDef()
@@ -15,15 +13,15 @@ routes = web.RouteTableDef()
 
 async def scrape(app: web.Application) -> web.Response:
     """Refresh the gauges that live in the database, then render every metric."""
-    metrics, store = app[METRICS], app[STORE]
-    await app[JOBS].flush_hits()  # so the hit ratio counts the hits of the last second too
-    files, size = await store.run(store.storage_totals)
-    metrics.files_stored.set(files)
+    metrics, files = app[METRICS], app[FILES]
+    count, size = await files.storage_totals()
+    metrics.files_stored.set(count)
     metrics.bytes_stored.set(size)
-    lines = await store.run(store.usage_lines, time.time() - WINDOW_30D)
+    # usage_lines writes the last second's cache hits first, so the ratio counts them too.
+    lines = await files.usage_lines(app[CLOCK].now() - WINDOW_30D)
     ratio = summarize(lines, price_table(app[SETTINGS])).cache_hit_ratio
     metrics.cache_hit_ratio.set(ratio or 0.0)
-    metrics.jobs_running.set(app[JOBS].running)
+    metrics.jobs_running.set(app[RUNNER].running)
     # Content-Type carries parameters (version, charset), so it goes in as a header, not content_type=.
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

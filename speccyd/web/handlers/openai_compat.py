@@ -6,15 +6,17 @@ Errors here use OpenAI's envelope (see errors.OPENAI_PREFIX), so the SDKs raise 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
 from aiohttp import web
 
-from speccyd.appkeys import BLOBS, GENERATE_LIMIT, JOBS, SETTINGS, STORE
-from speccyd.generation.speech import CONTENT_TYPES, MODELS, VOICES, parse_speech_request
-from speccyd.storage.database import FileRow
+from speccyd.appkeys import BLOBS, DATABASE, FILES, GENERATE_LIMIT, RUNNER, SETTINGS
+from speccyd.generation.errors import InvalidRequest
+from speccyd.generation.speech import MODELS, VOICES, parse_speech_request
+from speccyd.media.formats import CONTENT_TYPES
+from speccyd.security.errors import RateLimited
+from speccyd.storage.records import FileRow
 from speccyd.web.auth import require_user_or_key
 from speccyd.web.common import json_body
 from speccyd.web.errors import ApiError
@@ -22,18 +24,8 @@ from speccyd.web.streaming import stream_live
 
 routes = web.RouteTableDef()
 
-# speccyd's validation codes -> the OpenAI request field they are about.
-_PARAM_OF_CODE = {
-    "invalid_text": "input",
-    "text_too_long": "input",
-    "invalid_voice": "voice",
-    "invalid_model": "model",
-    "invalid_format": "response_format",
-    "invalid_speed": "speed",
-    "invalid_instructions": "instructions",
-}
-# Messages from parse_speech_request name speccyd's fields; these clients know OpenAI's names.
-_RENAMED = {"text ": "input ", "format ": "response_format "}
+# speccyd's request fields -> OpenAI's names for them.
+_OPENAI_PARAM = {"text": "input", "format": "response_format"}
 _REQUIRED = ("model", "input", "voice")
 # Polling a local row is cheap; the interval grows so a long generation costs a few queries a second.
 _POLL_FIRST, _POLL_MAX = 0.02, 0.25
@@ -60,7 +52,7 @@ def _speccy_body(body: dict[str, Any]) -> dict[str, Any]:
 
 async def _wait_ready(request: web.Request, row: FileRow) -> FileRow:
     """The row once generation has finished, within `speech_wait`."""
-    store = request.app[STORE]
+    db = request.app[DATABASE]
     deadline = time.monotonic() + request.app[SETTINGS].speech_wait
     delay = _POLL_FIRST
     current: FileRow | None = row
@@ -69,16 +61,14 @@ async def _wait_ready(request: web.Request, row: FileRow) -> FileRow:
             raise ApiError(504, "timeout", "the audio is still being generated; try again to collect it")
         await asyncio.sleep(delay)
         delay = min(delay * 2, _POLL_MAX)
-        current = await store.run(store.get_file, row.id)
+        current = await db.get_file(row.id)
     if current is None:
         raise ApiError(409, "cancelled", "the audio was deleted while it was being generated")
     if current.status == "failed":
-        raise _failure(current.error or "")
+        raise _failure(current)
     return current
 
 
-# The message upstream.classify wrote for an upstream HTTP error (after any "chunk i of n: " prefix).
-_UPSTREAM_STATUS = re.compile(r"upstream error (\d{3}):")
 # Upstream refusals that no retry can change: answered with the upstream's own status, so OpenAI SDKs raise
 # the same error class as with OpenAI itself and do not retry. A 502 here made an SDK (max_retries=2 by
 # default) repeat the request twice, and each repeat generated again: three upstream calls for one refusal.
@@ -86,16 +76,15 @@ _PASSED_THROUGH = {400: "invalid_request_error", 401: "invalid_api_key", 403: "p
                    404: "not_found", 429: "rate_limit_exceeded"}  # fmt: skip
 
 
-def _failure(error: str) -> ApiError:
-    """The error an OpenAI client gets for a failed generation."""
-    message = f"generation failed: {error}"
-    if error.startswith("storage_full:"):
+def _failure(row: FileRow) -> ApiError:
+    """The error an OpenAI client gets for a failed generation, from the failure stored with its row."""
+    message = f"generation failed: {row.error}"
+    if row.error_code == "storage_full":
         return ApiError(507, "storage_full", message)
-    if "upstream timed out" in error or "upstream too slow" in error:
+    if row.error_code == "upstream_timeout":
         return ApiError(504, "upstream_timeout", message)
-    match = _UPSTREAM_STATUS.search(error)
-    if match is not None and int(match.group(1)) in _PASSED_THROUGH:
-        status = int(match.group(1))
+    status = row.upstream_status
+    if row.error_code in ("upstream_refused", "upstream_failed") and status in _PASSED_THROUGH:
         return ApiError(status, _PASSED_THROUGH[status], message)
     return ApiError(502, "upstream_error", message)
 
@@ -106,21 +95,21 @@ async def speech(request: web.Request) -> web.StreamResponse:
     user_id = await require_user_or_key(request)
     wait = request.app[GENERATE_LIMIT].take(user_id)
     if wait:
-        raise ApiError(429, "rate_limited", f"too many requests; try again in {wait}s", {"Retry-After": str(wait)})
+        raise RateLimited(wait)
     body = await json_body(request)
+    settings = request.app[SETTINGS]
     try:
-        settings = request.app[SETTINGS]
         speech = parse_speech_request(_speccy_body(body), settings.max_text_chars, settings.upstream_max_chars)
-    except ApiError as e:
-        message = e.message
-        for old, new in _RENAMED.items():
-            if message.startswith(old):
-                message = new + message[len(old) :]
-        raise ApiError(e.status, e.code, message, param=e.param or _PARAM_OF_CODE.get(e.code)) from None
+    except InvalidRequest as e:
+        # The message and the field in OpenAI's names, which these clients know.
+        param = _OPENAI_PARAM.get(e.param, e.param)
+        message = str(e)
+        if message.startswith(f"{e.param} "):
+            message = param + message[len(e.param) :]
+        raise InvalidRequest(e.code, message, param) from None
 
-    jobs = request.app[JOBS]
-    row = await jobs.request(user_id, speech)
-    live = jobs.live(row.id) if row.status == "generating" else None
+    row = await request.app[FILES].request(user_id, speech)
+    live = request.app[RUNNER].live(row.id) if row.status == "generating" else None
     if live is not None:
         # Stream as OpenAI does, but only once audio flows: a generation refused before its first byte
         # still reaches the SDK as a clean error status instead of a cut 200.
@@ -131,7 +120,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
         if live.state == "generating" and live.length > 0:
             return await stream_live(request, live, row, {"X-Speccy-File-Id": row.id})
     row = await _wait_ready(request, row)
-    path = request.app[BLOBS].path(row.id, row.format)
+    path = request.app[BLOBS].local_path(row.id, row.format)
     if not path.is_file():  # purged between the status check and now
         raise ApiError(409, "cancelled", "the audio was deleted while it was being sent")
     return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[row.format], "X-Speccy-File-Id": row.id})

@@ -1,15 +1,14 @@
-from __future__ import annotations
+"""GET /user/usage: the signed-in user's files, storage, usage, cost and limits."""
 
-import time
+from __future__ import annotations
 
 from aiohttp import web
 
-from speccyd.appkeys import JOBS, QUOTAS, SETTINGS, STORE
+from speccyd.appkeys import CLOCK, DATABASE, FILES, QUOTAS, SETTINGS
 from speccyd.config.units import iso
 from speccyd.generation.cleanup import LAST_CLEANUP
 from speccyd.generation.costs import WINDOW_30D, price_table, summarize
 from speccyd.generation.quotas import next_utc_midnight
-from speccyd.storage.database import UsageLine
 from speccyd.web.auth import require_user
 
 routes = web.RouteTableDef()
@@ -19,14 +18,12 @@ routes = web.RouteTableDef()
 async def usage(request: web.Request) -> web.Response:
     """Files, storage, characters, cache hits and estimated cost of the signed-in user, with their limits."""
     user_id = require_user(request)
-    store = request.app[STORE]
-    await request.app[JOBS].flush_hits()  # cache hits answered from memory are written about once a second
-    now = time.time()
-    figures = await store.run(store.user_usage, user_id, now)
-    last_cleanup = await store.run(store.get_meta, LAST_CLEANUP)
-    lines: list[UsageLine] = await store.run(store.usage_lines, now - WINDOW_30D, user_id)
-    month = summarize(lines, price_table(request.app[SETTINGS]))
-    overrides = await store.run(store.user_overrides, user_id)
+    files, db = request.app[FILES], request.app[DATABASE]
+    now = request.app[CLOCK].now()
+    figures = await files.user_usage(user_id)
+    last_cleanup = await db.get_meta(LAST_CLEANUP)
+    month = summarize(await files.usage_lines(now - WINDOW_30D, user_id), price_table(request.app[SETTINGS]))
+    overrides = await db.user_overrides(user_id)
     limits = overrides.apply(request.app[QUOTAS].defaults)
     return web.json_response(
         {

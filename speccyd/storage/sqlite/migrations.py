@@ -1,6 +1,6 @@
 """The schema, as an ordered list of small migrations; `PRAGMA user_version` records how many have run.
 
-Part of the storage layer: only `store.py` runs them (tests build old databases from them).
+Only `engine.py` runs them (tests build old databases from them).
 """
 
 from __future__ import annotations
@@ -124,6 +124,37 @@ def _m3_accounting(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _m4_failure_codes(db: sqlite3.Connection) -> None:
+    """Why a generation failed, as data: a stable code and the upstream's HTTP status in their own columns.
+
+    Rows that failed before this version get their code from the message once, here; nothing parses it later.
+    """
+    statements = [
+        "ALTER TABLE audio_files ADD COLUMN error_code TEXT",
+        "ALTER TABLE audio_files ADD COLUMN upstream_status INTEGER",
+        # "upstream error 429: ..." (after an optional "chunk i of n: ") was how the status travelled.
+        """UPDATE audio_files SET upstream_status = CAST(substr(error, instr(error, 'upstream error ') + 15, 3)
+            AS INTEGER) WHERE status = 'failed' AND instr(error, 'upstream error ') > 0""",
+        """UPDATE audio_files SET error_code = CASE
+            WHEN error LIKE 'storage_full:%' THEN 'storage_full'
+            WHEN error LIKE '%upstream timed out%' OR error LIKE '%upstream too slow%' THEN 'upstream_timeout'
+            WHEN error LIKE '%upstream connection failed%' THEN 'upstream_unreachable'
+            WHEN upstream_status IN (400, 401, 403, 404, 422) THEN 'upstream_refused'
+            WHEN upstream_status IS NOT NULL THEN 'upstream_failed'
+            WHEN error LIKE 'internal error%' THEN 'internal_error'
+            WHEN error LIKE '%cannot use this user''s key%' THEN 'key_unusable'
+            ELSE 'upstream_bad_audio' END
+        WHERE status = 'failed'""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only: a migration that has shipped is never edited, and its position is its version.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_change_log, _m3_accounting]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m1_initial,
+    _m2_change_log,
+    _m3_accounting,
+    _m4_failure_codes,
+]
 SCHEMA_VERSION = len(MIGRATIONS)

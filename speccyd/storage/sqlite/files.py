@@ -1,0 +1,254 @@
+"""Audio file rows: claiming a generation (with its limits), finishing it, reading, deleting, purging."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from speccyd.storage.errors import LimitReached, UnknownUser
+from speccyd.storage.records import (
+    NO_LIMITS,
+    Claim,
+    Failure,
+    FileRow,
+    Hit,
+    LimitOverrides,
+    Limits,
+    NewFile,
+    PurgeFilter,
+)
+from speccyd.storage.sqlite.engine import Engine
+
+FILE_COLUMNS = ", ".join(FileRow.__dataclass_fields__)
+_PLACEHOLDERS = ", ".join("?" * len(FileRow.__dataclass_fields__))
+
+
+def file_row(row: sqlite3.Row | tuple[Any, ...] | None) -> FileRow | None:
+    return None if row is None else FileRow(*row)
+
+
+def start_of_day(now: float) -> float:
+    """Midnight UTC: "today" in usage figures is the UTC day, documented as such."""
+    return now - (now % 86400)
+
+
+def _check_limits(db: sqlite3.Connection, user_id: str, characters: int, defaults: Limits, now: float) -> None:
+    row = db.execute(
+        "SELECT limit_daily_chars, limit_storage_bytes, limit_max_files FROM users WHERE id = ?", (user_id,)
+    ).fetchone()
+    limits = LimitOverrides(*row).apply(defaults) if row is not None else defaults
+    if limits.daily_chars:
+        # In-flight generations count too: a burst of new requests cannot all pass before any finishes.
+        used = db.execute(
+            "SELECT (SELECT coalesce(sum(characters), 0) FROM usage_log "
+            "        WHERE user_id = ? AND kind = 'generated' AND at >= ?) + "
+            "       (SELECT coalesce(sum(characters), 0) FROM audio_files "
+            "        WHERE user_id = ? AND status = 'generating')",
+            (user_id, start_of_day(now), user_id),
+        ).fetchone()[0]
+        if used + characters > limits.daily_chars:
+            raise LimitReached("daily_chars", limits.daily_chars, used, None)
+    if limits.storage_bytes or limits.max_files:
+        files, stored, first_expiry = db.execute(
+            "SELECT count(*), coalesce(sum(size_bytes), 0), min(expires_at) FROM audio_files "
+            "WHERE user_id = ? AND (status = 'generating' OR (status = 'ready' AND expires_at > ?))",
+            (user_id, now),
+        ).fetchone()
+        if limits.storage_bytes and stored >= limits.storage_bytes:
+            raise LimitReached("storage", limits.storage_bytes, stored, first_expiry)
+        if limits.max_files and files >= limits.max_files:
+            raise LimitReached("max_files", limits.max_files, files, first_expiry)
+
+
+def _purge_where(f: PurgeFilter, now: float) -> tuple[str, list[Any]]:
+    if f.all:
+        return "1", []
+    clauses: list[str] = []
+    args: list[Any] = []
+    if f.expired:
+        clauses.append("(status != 'generating' AND expires_at <= ?)")
+        args.append(now)
+    if f.user_id is not None:
+        clauses.append("user_id = ?")
+        args.append(f.user_id)
+    if f.older_than is not None:
+        clauses.append("created_at <= ?")
+        args.append(now - f.older_than)
+    if not clauses:
+        raise ValueError("a purge needs at least one criterion")
+    return " AND ".join(clauses), args
+
+
+class FileQueries(Engine):
+    async def claim(
+        self, user_id: str, new: NewFile, now: float, retention: float, limits: Limits = NO_LIMITS
+    ) -> Claim:
+        """Find usable audio for this content or register a new generation, atomically.
+
+        Ready and unexpired: its expiry moves to now + retention (a cache hit). Generating: returned as is,
+        so concurrent identical requests share one upstream call. Otherwise a new row replaces the old one,
+        if the user's `limits` allow it (LimitReached otherwise): checked in the same transaction, so
+        concurrent requests cannot all slip under a limit together.
+        """
+
+        def claim(db: sqlite3.Connection) -> Claim:
+            if db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id)).rowcount == 0:
+                raise UnknownUser(user_id)
+            old = file_row(
+                db.execute(
+                    f"SELECT {FILE_COLUMNS} FROM audio_files WHERE user_id = ? AND content_hash = ?",
+                    (user_id, new.content_hash),
+                ).fetchone()
+            )
+            if old is not None and old.status == "generating":
+                return Claim(old, created=False, replaced=None)
+            if old is not None and old.status == "ready" and not old.is_expired(now):
+                db.execute(
+                    "UPDATE audio_files SET expires_at = ?, updated_at = ? WHERE id = ?",
+                    (now + retention, now, old.id),
+                )
+                db.execute(
+                    "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
+                    (user_id, now, old.model, old.characters),
+                )
+                hit = FileRow(**{**old.__dict__, "expires_at": now + retention, "updated_at": now})
+                return Claim(hit, created=False, replaced=None)
+            _check_limits(db, user_id, len(new.text), limits, now)
+            if old is not None:
+                db.execute("DELETE FROM audio_files WHERE id = ?", (old.id,))
+            row = FileRow(
+                id=uuid.uuid4().hex,
+                user_id=user_id,
+                status="generating",
+                characters=len(new.text),
+                size_bytes=None,
+                sha256=None,
+                error=None,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + retention,
+                **new.__dict__,
+            )
+            db.execute(
+                f"INSERT INTO audio_files ({FILE_COLUMNS}) VALUES ({_PLACEHOLDERS})", tuple(row.__dict__.values())
+            )
+            return Claim(row, created=True, replaced=old)
+
+        return await self.write(claim)
+
+    async def record_hits(self, hits: Iterable[Hit]) -> None:
+        """Write cache hits answered from memory: expiry bumps, last-seen times and usage records."""
+        hits = list(hits)
+        # Only the latest bump per file and per user matters; a busy second collapses to a few updates.
+        latest_file = {h.file_id: h for h in sorted(hits, key=lambda h: h.at)}
+        latest_user = {h.user_id: h.at for h in latest_file.values()}
+
+        def record(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "UPDATE audio_files SET expires_at = max(expires_at, ?), updated_at = ? "
+                "WHERE id = ? AND status = 'ready'",
+                [(h.expires_at, h.at, h.file_id) for h in latest_file.values()],
+            )
+            db.executemany(
+                "UPDATE users SET last_seen = max(last_seen, ?) WHERE id = ?",
+                [(at, u) for u, at in latest_user.items()],
+            )
+            db.executemany(
+                "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
+                [(h.user_id, h.at, h.model, h.characters) for h in hits],
+            )
+
+        await self.write(record)
+
+    async def mark_ready(
+        self, file_id: str, size: int, sha256: str, now: float, retention: float, tokens: int | None = None
+    ) -> bool:
+        """False when the row is gone (deleted or purged meanwhile): the caller then removes the audio."""
+
+        def mark(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "UPDATE audio_files SET status = 'ready', size_bytes = ?, sha256 = ?, error = NULL, "
+                "error_code = NULL, upstream_status = NULL, updated_at = ?, expires_at = ? "
+                "WHERE id = ? AND status = 'generating' RETURNING user_id, model, characters",
+                (size, sha256, now, now + retention, file_id),
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "INSERT INTO usage_log (user_id, at, kind, model, characters, tokens) "
+                "VALUES (?, ?, 'generated', ?, ?, ?)",
+                (row[0], now, row[1], row[2], tokens),
+            )
+            return True
+
+        return await self.write(mark)
+
+    async def mark_failed(self, file_id: str, failure: Failure, now: float) -> None:
+        await self.write(
+            lambda db: db.execute(
+                "UPDATE audio_files SET status = 'failed', error = ?, error_code = ?, upstream_status = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'generating'",
+                (failure.message, failure.code, failure.upstream_status, now, file_id),
+            )
+        )
+
+    async def get_file(self, file_id: str) -> FileRow | None:
+        return await self.read(
+            lambda db: file_row(
+                db.execute(f"SELECT {FILE_COLUMNS} FROM audio_files WHERE id = ?", (file_id,)).fetchone()
+            )
+        )
+
+    async def get_by_hash(self, user_id: str, content_hash: str) -> FileRow | None:
+        return await self.read(
+            lambda db: file_row(
+                db.execute(
+                    f"SELECT {FILE_COLUMNS} FROM audio_files WHERE user_id = ? AND content_hash = ?",
+                    (user_id, content_hash),
+                ).fetchone()
+            )
+        )
+
+    async def delete_file(self, user_id: str, file_id: str) -> FileRow | None:
+        return await self.write(
+            lambda db: file_row(
+                db.execute(
+                    f"DELETE FROM audio_files WHERE id = ? AND user_id = ? RETURNING {FILE_COLUMNS}",
+                    (file_id, user_id),
+                ).fetchone()
+            )
+        )
+
+    async def generating(self) -> list[FileRow]:
+        return await self.read(
+            lambda db: [
+                FileRow(*r) for r in db.execute(f"SELECT {FILE_COLUMNS} FROM audio_files WHERE status = 'generating'")
+            ]
+        )
+
+    async def ready_ids(self) -> set[str]:
+        return await self.read(
+            lambda db: {r[0] for r in db.execute("SELECT id FROM audio_files WHERE status = 'ready'")}
+        )
+
+    async def select_purge(self, f: PurgeFilter, now: float) -> list[FileRow]:
+        where, args = _purge_where(f, now)
+        return await self.read(
+            lambda db: [FileRow(*r) for r in db.execute(f"SELECT {FILE_COLUMNS} FROM audio_files WHERE {where}", args)]
+        )
+
+    async def delete_purge(self, f: PurgeFilter, now: float, limit: int) -> list[FileRow]:
+        """Delete at most `limit` matching rows; small batches keep the write lock short."""
+        where, args = _purge_where(f, now)
+        return await self.write(
+            lambda db: [
+                FileRow(*r)
+                for r in db.execute(
+                    f"DELETE FROM audio_files WHERE id IN (SELECT id FROM audio_files WHERE {where} LIMIT ?) "
+                    f"RETURNING {FILE_COLUMNS}",
+                    [*args, limit],
+                ).fetchall()
+            ]
+        )
