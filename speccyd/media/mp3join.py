@@ -14,7 +14,14 @@ frame. Dropping frames at the start is not: the first kept frame's `main_data_be
 kept frame gets `main_data_begin` 0 and enough room for what it used to borrow, by a higher bitrate index
 when one is left (a frame's bitrate may change from frame to frame; decoders size each frame by its own
 header). Later frames are rewritten only until their main data is back at its original place; from there
-on every frame is copied unchanged. The Huffman data is never touched, so nothing is re-encoded.
+on every frame is copied unchanged. The Huffman data is never touched, so nothing is re-encoded, and the
+repacked frames decode to exactly the samples they did before (tests/test_media_join.py checks the PCM).
+
+When no frame can grow (160 kbit/s is the MPEG-2 maximum, and LAME keeps the reservoir full there), the
+last frame to be dropped is kept instead as a silent carrier: all-zero side information (no scale
+factors, no spectrum) and a slot that ends with the bytes the next frame borrows, so that frame and all
+after it stay unchanged. One frame fewer goes at the start, so one more goes at the end, keeping the
+length as planned (it cuts at most about half a frame of the part's last, in speech silent, samples).
 
 The joined file's exact length is therefore `sum(kept frames) * samples_per_frame`, which is what the
 read-along timeline is computed from; it differs from the sum of the parts decoded alone by less than
@@ -155,7 +162,8 @@ class FramePacker:
     Feed the part's audio frames in order, the first `drop` of which are to go. `push` returns frames
     ready to write (possibly none yet: a rewritten frame waits until the next frames show where their
     main data starts); `flush` returns the rest at the end of the part. Raises RepackError if a frame's
-    main data cannot fit even at the highest bitrate; the caller then drops one frame fewer.
+    main data cannot fit even at the highest bitrate; the caller then retries with `carrier=True`, which
+    keeps the last of the `drop` frames as a silent frame holding the borrowed bytes.
     """
 
     def __init__(self, drop: int, *, carrier: bool = False) -> None:
