@@ -2,8 +2,12 @@
 
 Each chunk's audio goes through a streaming `Cleaner` as it arrives, so the joined file can be written and
 streamed live: MP3 loses its per-chunk ID3 tags and Xing/Info/VBRI header frame (which would tell a player
-the whole track is one chunk long), ADTS AAC and raw PCM concatenate as they are, and WAV keeps one RIFF
-header whose sizes are written once the total is known. Ogg Opus and FLAC carry stream-wide headers,
+the whole track is one chunk long), and with it the encoder delay and padding that frame told decoders to
+trim, so each part also drops the whole frames nearest to that delay and padding, repacking the first kept
+frames' bit reservoir (speccyd.media.mp3join): the joined file decodes as long as its parts decoded alone,
+within half a frame per part. ADTS AAC (which cannot signal priming, so decodes the same joined or alone)
+and raw PCM concatenate as they are, and WAV keeps one RIFF header whose sizes are written once the total
+is known. Ogg Opus and FLAC carry stream-wide headers,
 granule positions and checksums that plain concatenation breaks, so long text in those formats is refused.
 """
 
@@ -11,16 +15,13 @@ from __future__ import annotations
 
 import struct
 
+from speccyd.media import mp3join, mpeg
+
 JOINABLE = ("mp3", "aac", "wav", "pcm")
 
 # A streamed WAV header's sizes before the total is known: "until the end of the stream", as encoders write it.
 UNKNOWN_SIZE = 0xFFFFFFFF
 _ID3V1_SIZE = 128
-
-# MPEG audio Layer III bitrates (kbit/s) by bitrate index, and sample rates by version.
-_BITRATES_V1 = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-_BITRATES_V2 = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
-_SAMPLE_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 
 
 class JoinError(Exception):
@@ -54,7 +55,7 @@ class Joiner:
         if self.fmt == "mp3":
             return Mp3Cleaner(keep_id3=index == 0)
         if self.fmt == "aac":
-            return Mp3Cleaner(keep_id3=index == 0, drop_info_frame=False)  # ADTS: only a leading ID3 tag
+            return TagCleaner(keep_id3=index == 0)  # ADTS: frames are self-contained, only tags go
         if self.fmt == "wav":
             return WavCleaner(self, first=index == 0)
         return Cleaner()
@@ -81,36 +82,34 @@ def _id3v2_size(head: bytes) -> int:
 
 def mp3_frame_length(header: bytes) -> int | None:
     """Bytes in the MPEG Layer III frame that starts with this 4-byte header; None if it is not one."""
-    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
-        return None
-    version = (header[1] >> 3) & 3
-    layer = (header[1] >> 1) & 3
-    bitrate_index = header[2] >> 4
-    rate_index = (header[2] >> 2) & 3
-    if version == 1 or layer != 1 or bitrate_index in (0, 15) or rate_index == 3:
-        return None
-    padding = (header[2] >> 1) & 1
-    if version == 3:
-        return 144_000 * _BITRATES_V1[bitrate_index] // _SAMPLE_RATES[3][rate_index] + padding
-    return 72_000 * _BITRATES_V2[bitrate_index] // _SAMPLE_RATES[version][rate_index] + padding
-
-
-def _info_tag_offset(header: bytes) -> int:
-    """Where a Xing/Info tag sits in a Layer III frame: after the header and the side information."""
-    mpeg1 = (header[1] >> 3) & 3 == 3
-    mono = header[3] >> 6 == 3
-    side_info = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
-    return 4 + side_info
+    parsed = mpeg.parse_header(header)
+    return parsed.length if parsed is not None else None
 
 
 class Mp3Cleaner(Cleaner):
-    """Drops a leading ID3v2 tag (unless kept), a leading Xing/Info/VBRI frame, and a trailing ID3v1 tag."""
+    """One mp3 part of a join: whole frames only, no tags but the first part's ID3v2, no Info frame, and
+    the whole frames of encoder delay and padding dropped (speccyd.media.mp3join.PartTrimmer)."""
 
-    _PREFIX = 64  # enough of the first frame to find a Xing tag (offset <= 36) or VBRI (offset 36)
+    def __init__(self, *, keep_id3: bool) -> None:
+        self._trimmer = mp3join.PartTrimmer(keep_id3=keep_id3)
 
-    def __init__(self, *, keep_id3: bool, drop_info_frame: bool = True) -> None:
+    @property
+    def samples(self) -> int:
+        """Samples of this part in the joined file, so far (all of them once finished)."""
+        return self._trimmer.samples
+
+    def feed(self, data: bytes) -> bytes:
+        return self._trimmer.feed(data)
+
+    def finish(self) -> bytes:
+        return self._trimmer.finish()
+
+
+class TagCleaner(Cleaner):
+    """Drops a leading ID3v2 tag (unless kept) and a trailing ID3v1 tag; what is between passes unchanged."""
+
+    def __init__(self, *, keep_id3: bool) -> None:
         self._keep_id3 = keep_id3
-        self._drop_info = drop_info_frame
         self._stage = "id3"
         self._buffer = b""
         self._skip = 0  # bytes still to drop
@@ -141,16 +140,7 @@ class Mp3Cleaner(Cleaner):
                     self._pass = tag
                 else:
                     self._skip = tag
-                self._stage = "frame" if self._drop_info else "stream"
-            elif self._stage == "frame":
-                if len(self._buffer) < self._PREFIX:
-                    break
                 self._stage = "stream"
-                length = mp3_frame_length(self._buffer[:4])
-                if length is not None:
-                    at = _info_tag_offset(self._buffer)
-                    if self._buffer[at : at + 4] in (b"Xing", b"Info") or self._buffer[36:40] == b"VBRI":
-                        self._skip = length
             else:
                 # Hold back what could be a trailing ID3v1 tag until the end is known.
                 keep = max(0, len(self._buffer) - _ID3V1_SIZE)
