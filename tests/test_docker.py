@@ -201,6 +201,10 @@ async def test_container_serves_stops_cleanly_and_keeps_its_volume(
         assert re.search(rf"^Gid:\s+{PGID}\s+{PGID}\s", status_1, re.M), status_1
         assert re.search(r"^CapEff:\s+0+$", status_1, re.M), status_1
 
+        # Admin commands go through the entrypoint, so they run as PUID:PGID like the server (docs/home-server.md).
+        _, usage = await docker.arun("exec", name, "docker-entrypoint", "speccyd", "usage", "--json")
+        assert json.loads(usage)["since"] == "30d", usage
+
         async def announced() -> bool:
             return "announcing" in await logs()
 
