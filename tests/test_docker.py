@@ -56,9 +56,9 @@ class Image:
     build_seconds: float
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
-    """A private dockerd for the session, stopped (and its layers deleted) at the end."""
+    """A private dockerd for this file's tests, stopped (and its layers deleted) after the last one."""
     engine = Engine(tmp_path_factory.mktemp("docker"))
     try:
         client = engine.start()
@@ -70,7 +70,7 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
         engine.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def image(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> Image:
     """speccyd's image, built from this checkout on the Debian base, as a user builds it."""
     try:
