@@ -131,6 +131,9 @@ class Engine:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             raise Unavailable("dockerd not installed (Debian: apt-get install docker.io)")
+        cgroups = Path("/sys/fs/cgroup")
+        if not cgroups.is_dir() or not any(cgroups.iterdir()):
+            raise Unavailable("no cgroup filesystem at /sys/fs/cgroup: containers cannot be confined here")
         client = buildkit_client()
         d = self.directory
         socket = d / "docker.sock"
