@@ -131,7 +131,7 @@ def test_image_adds_only_speccyd_to_its_base(docker: Docker, image: Image) -> No
 async def test_container_serves_stops_cleanly_and_keeps_its_volume(
     docker: Docker, image: Image, tmp_path: Path, upstream_url: str, fake: FakeUpstream
 ) -> None:
-    """healthy, signs in, generates and serves audio; docker stop exits 0 at once; restarted it serves the same file."""
+    """Healthy, it generates and serves audio, exits 0 at once on docker stop, and restarted serves the same file."""
     data = tmp_path / "data"
     data.mkdir()  # owned by root, as a new share is; a file left by `docker exec` as root, too:
     (data / "left-by-root.txt").write_text("")
