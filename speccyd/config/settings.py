@@ -271,11 +271,6 @@ class Settings:
     name: str
     tls_cert: Path | None
     tls_key: Path | None
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
     upstream_deadline: float
     client_timeout: float
 
