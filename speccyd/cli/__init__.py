@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from speccyd import __version__
-from speccyd.cli import backups, discover, init, purge, say, serve, service, usage, users
+from speccyd.cli import backups, discover, health, init, purge, say, serve, service, usage, users
 
 app = typer.Typer(
     name="speccyd",
@@ -42,7 +42,7 @@ def root(
 
 
 for command in (init.init, serve.serve, usage.usage, purge.purge, backups.backup, backups.restore, say.say,
-                discover.discover):  # fmt: skip
+                discover.discover, health.healthcheck):  # fmt: skip
     app.command()(command)
 app.add_typer(users.users_app, name="users")
 app.add_typer(service.service_app, name="service")
