@@ -25,11 +25,22 @@ def listening_socket(host: str = "127.0.0.1", backlog: int = 4096) -> socket.soc
     return socket.create_server((host, 0), backlog=backlog)
 
 
+# What systemd does between fork and exec of a socket-activated service: the socket moved to fd 3, and
+# LISTEN_PID set to the process's own pid (exec keeps it).
+_ACTIVATE = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
 def activation_prefix(fd: int) -> list[str]:
-    """What systemd does between fork and exec of a socket-activated service, as a shell in front of the command:
-    the listening socket `fd` moved to fd 3 and LISTEN_PID set to the process's own pid (exec keeps it)."""
-    moves = "" if fd == 3 else f" 3<&{fd} {fd}<&-"
-    return ["sh", "-c", f'export LISTEN_PID=$$; exec "$@"{moves}', "sh"]
+    """A command prefix that execs the rest as systemd starts a socket-activated service with `fd`."""
+    return [sys.executable, "-c", _ACTIVATE, str(fd)]
 
 
 def settings_env(**settings: object) -> dict[str, str]:
@@ -139,14 +150,19 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def start(self, timeout: float = 30.0) -> ServerProcess:
-        """Start, and wait until the log of this run shows it is ready (by default: the line naming its port)."""
+    async def spawn(self) -> int:
+        """Start the process without waiting for anything; the log offset where this run's output begins."""
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 pass_fds=self.pass_fds,
             )  # fmt: skip
+        return offset
+
+    async def start(self, timeout: float = 30.0) -> ServerProcess:
+        """Start, and wait until the log of this run shows it is ready (by default: the line naming its port)."""
+        offset = await self.spawn()
 
         async def started() -> re.Match[str] | None:
             if self.process.returncode is not None:

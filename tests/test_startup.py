@@ -25,3 +25,18 @@ def test_help_imports_no_heavy_module() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_healthcheck_imports_no_heavy_module() -> None:
+    """`speccyd healthcheck`, run by Docker every 30 s, imports no more than `--help` does."""
+    probe = (
+        "import sys, json\n"
+        "from speccyd.cli import app\n"
+        "try:\n"
+        "    app(['healthcheck', '--url', 'http://127.0.0.1:9/healthz', '--timeout', '1'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 1, e.code\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(result.stdout.splitlines()[-1]) == []

@@ -7,6 +7,7 @@ that need them, so that `speccyd --help` and `speccyd usage` start quickly.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
@@ -49,6 +50,9 @@ app.add_typer(service.service_app, name="service")
 
 
 def main() -> None:
+    # The image's entrypoint, as PID 1, execs us with the stop signals blocked (packaging/docker-entrypoint):
+    # Ctrl-C works again at once (Python has its handler); `serve` takes SIGTERM and SIGHUP once it has its own.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         app()
     except KeyboardInterrupt:

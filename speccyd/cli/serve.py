@@ -31,6 +31,9 @@ def _catch_early_signals() -> list[int]:
 
     for sig in _EARLY_SIGNALS:
         signal.signal(sig, record)
+    # A launcher that is PID 1 (the image's entrypoint) blocks these before it execs us: a blocked signal is
+    # kept pending instead of dropped, and arrives here, now that there is a handler for it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _EARLY_SIGNALS)
     return received
 
 
@@ -49,6 +52,9 @@ def serve(
         server_context(settings)  # a bad certificate is reported at once, before the server's heavy imports
     except TLSError as e:
         fail(str(e))
+    if any(sig != signal.SIGHUP for sig in early_signals):  # before a second of imports that would serve nothing
+        typer.echo("stop requested during start-up; exiting before serving", err=True)
+        return
     from speccyd.ops.systemd import SocketActivationError
     from speccyd.security.crypto import SecretsError
     from speccyd.server import serve as run_server
