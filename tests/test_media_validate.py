@@ -145,7 +145,7 @@ def test_truncation_at_a_frame_boundary_is_caught_by_the_headers(clips: dict[str
     from speccyd.media import mpeg
 
     data = clips["mp3"][2]
-    scanner, frames = mpeg.scan_all(data)
+    _, frames = mpeg.scan_all(data)
     with pytest.raises(AudioError, match=rf"Info header says {len(frames)} frames, it has {len(frames) - 1}"):
         validate("mp3", data[: frames[-1].offset])
     flac = clips["flac"][2]

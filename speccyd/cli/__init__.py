@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from speccyd import __version__
-from speccyd.cli import backups, discover, health, init, purge, say, serve, service, usage, users
+from speccyd.cli import backups, discover, health, imports, init, purge, say, serve, service, usage, users
 
 app = typer.Typer(
     name="speccyd",
@@ -45,6 +45,7 @@ def root(
 for command in (init.init, serve.serve, usage.usage, purge.purge, backups.backup, backups.restore, say.say,
                 discover.discover, health.healthcheck):  # fmt: skip
     app.command()(command)
+app.command("import")(imports.import_audio)
 app.add_typer(users.users_app, name="users")
 app.add_typer(service.service_app, name="service")
 

@@ -318,7 +318,9 @@ class FlacValidator(Validator):
     def _check_number(self, header: _Header) -> None:
         expected = self._samples if header.variable else self._frames
         if header.number != expected:
-            raise AudioError(f"frame {self._frames + 1} is numbered {header.number}, not {expected}: frames are missing")
+            raise AudioError(
+                f"frame {self._frames + 1} is numbered {header.number}, not {expected}: frames are missing"
+            )
 
     def _crc_ok(self, end: int) -> bool:
         with memoryview(self._buf) as view, view[: end - 2] as body:  # released before _buf is resized
@@ -331,7 +333,9 @@ class FlacValidator(Validator):
         if end == len(self._buf) and not self._crc_ok(end):
             raise self._frame_error("(the last) fails its CRC-16: the file is truncated or damaged")
         if info.max_frame and not (info.min_frame or 0) <= end <= info.max_frame:
-            raise AudioError(f"frame {self._frames + 1} has {end} bytes, outside STREAMINFO's {info.min_frame}-{info.max_frame}")
+            raise AudioError(
+                f"frame {self._frames + 1} has {end} bytes, outside STREAMINFO's {info.min_frame}-{info.max_frame}"
+            )
         if not header.variable:
             if not self._last_full:
                 raise AudioError(f"frame {self._frames} was short, but is not the last frame")

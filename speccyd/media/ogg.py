@@ -56,7 +56,7 @@ class OpusValidator(Validator):
             return False
         if buf[:4] != b"OggS":
             where = f"at byte {self.size - len(buf)}" if self._pages else "at the start"
-            raise self.refuse(f"not ogg audio: no Ogg page {where}")
+            raise self.refuse(f"not opus audio: no Ogg page {where}")
         segments = buf[26]
         if len(buf) < _HEADER + segments:
             return False
@@ -136,7 +136,7 @@ class OpusValidator(Validator):
     def _finish(self) -> AudioInfo:
         if self._buf:
             if self._pages == 0 and self._buf[:4] != b"OggS"[: len(self._buf)]:
-                raise self.refuse("not ogg audio: no Ogg page at the start")
+                raise self.refuse("not opus audio: no Ogg page at the start")
             raise AudioError(f"the file is truncated: page {self._pages + 1} is cut short")
         if self._packets < 2:
             raise AudioError("the file ends before its OpusHead and OpusTags headers")

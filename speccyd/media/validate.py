@@ -152,7 +152,6 @@ class Mp3Validator(_FrameStreamValidator):
                 f"the file is truncated: its {info.kind} header says {info.frames} frames, it has {scanner.frames}"
             )
 
-
     def _samples(self, scanner: mpeg.FrameScanner | adts.FrameScanner) -> int:
         # What a decoder plays: without the encoder delay and padding the Info header declares.
         info = scanner.info if isinstance(scanner, mpeg.FrameScanner) else None
