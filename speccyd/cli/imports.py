@@ -209,8 +209,9 @@ def _summary(report: Report, user_id: str, seconds: float, dry_run: bool) -> Non
     verb = "would import" if dry_run else "imported"
     minutes, secs = divmod(round(report.seconds_of_audio), 60)
     audio = f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {secs:02d}s"
+    files = "file" if report.imported == 1 else "files"
     typer.echo(
-        f"{verb} {report.imported} files ({format_size(report.imported_bytes)}, {audio} of audio) "
+        f"{verb} {report.imported} {files} ({format_size(report.imported_bytes)}, {audio} of audio) "
         f"for user {user_id[:12]} in {seconds:.1f}s"
     )
     typer.echo(
