@@ -142,8 +142,10 @@ class Scanner(Generic[H]):
                     break  # maybe the ID3v1 tag that ends the file: only the end tells
                 header = self._parse(buffer)
                 # `is`: parsers cache their headers, so the frames of one stream mostly share one object.
-                if header is not None and self._last is not None and (
-                    header is self._last or self._last.same_stream(header)
+                if (
+                    header is not None
+                    and self._last is not None
+                    and (header is self._last or self._last.same_stream(header))
                 ):
                     length = header.length
                     if len(buffer) < length:
