@@ -292,3 +292,24 @@ async def test_sigterm_during_start_up_as_pid_1(tmp_path: Path, upstream_url: st
     assert "stop requested during start-up" in log, log
     assert "listening on" not in log
     assert seconds < 5, f"took {seconds:.1f}s"
+
+
+# A SIGHUP already pending when speccyd starts: blocked, sent to itself, then exec.
+_PENDING_HUP = (
+    "import os, signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})\n"
+    "os.kill(os.getpid(), signal.SIGHUP)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+async def test_a_reload_asked_during_start_up_happens_once_serving(tmp_path: Path, upstream_url: str) -> None:
+    """A SIGHUP that comes before the server serves is neither lost nor fatal: it reloads once serving."""
+    server = ServerProcess(
+        tmp_path / "data", upstream_url, tmp_path / "log", prefix=[sys.executable, "-c", _PENDING_HUP]
+    )
+    async with server:
+        await server.start()
+        await eventually(lambda: "SIGHUP: reloaded" in server.log, what="the reload")
+        assert server.log.index("SIGHUP: reloaded") > server.log.index("listening on")
+        assert await server.stop() == 0

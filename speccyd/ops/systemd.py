@@ -111,7 +111,7 @@ class Notifier:
             log.warning("NOTIFY_SOCKET=%s is not a Unix socket address; not notifying the service manager", raw)
         self._sock: socket.socket | None = None
         if self._address is not None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # not inherited (PEP 446)
 
     @property
     def enabled(self) -> bool:

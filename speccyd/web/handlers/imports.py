@@ -135,8 +135,12 @@ async def import_audio(request: web.Request) -> web.Response:
 
     existing = await files.import_existing(user_id, speech.content_hash)
     if existing is not None:
-        while await body.chunk(part):  # read to the end, so the client gets its answer, but not stored
-            pass
+        received = 0
+        while block := await body.chunk(part):  # read to the end, so the client gets its answer; not stored
+            received += len(block)
+            if received > settings.max_import_size:
+                outcomes.labels("too_large").inc()
+                raise AudioTooLarge(f"the audio is larger than {format_size(settings.max_import_size)}")
         outcomes.labels("kept").inc()
         return web.json_response(file_json(request, existing), status=200 if existing.status == "ready" else 202)
 
