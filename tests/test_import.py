@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from speccyd.config.settings import load_settings
 from speccyd.generation.speech import SpeechRequest
 from speccyd.media import mpeg
 from tests.conftest import AppClient, Http, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 from tests.media_audio import audio
+from tests.seeding import with_db
 from tests.server_process import SPECCYD, ServerProcess, speccyd_env
 from tests.test_openapi import check_contract
 
@@ -380,7 +383,7 @@ async def test_cli_import_beside_a_running_server(
         for reason in (
             "(audio/garbage.mp3): invalid_audio: ",
             "(audio/cut.flac): invalid_audio: invalid flac audio: frame",
-            "(audio/missing.mp3): missing_file: audio/missing.mp3 does not exist",
+            "(audio/missing.mp3): missing_file: audio/missing.mp3 does not exist or is not a file",
             "(../outside.mp3): outside_folder:",
             "(audio/mp3-0.mp3): invalid_voice: voice must be one of",
             ": invalid_json: the line is not JSON",
@@ -425,3 +428,26 @@ def test_cli_import_refuses_an_unknown_user_and_a_missing_manifest(tmp_path: Pat
     (tmp_path / "export" / "manifest.jsonl").write_text("")
     result = run_import(data, upstream_url, "--user", "abc", str(tmp_path / "export"))
     assert result.returncode == 2 and "matches 0 users" in result.stderr
+
+
+def test_cli_import_as_root_gives_the_audio_to_the_data_dirs_owner(
+    tmp_path: Path, clips: dict[str, list[bytes]]
+) -> None:
+    """Run as root beside a server that is not (systemd's dynamic user, a container's PUID), the audio it imports
+    and any shard directory it makes belong to the data dir's owner, who must be able to read them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to import as root into a data dir owned by another user")
+    data = tmp_path / "data"
+    assert (
+        subprocess.run([str(SPECCYD), "init", "--data-dir", str(data)], env=speccyd_env(), check=False).returncode == 0
+    )
+    user = with_db(load_settings(data, env={}), lambda db: db.upsert_user("hash", lambda uid: b"enc", time.time()))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "a.mp3").write_bytes(clips["mp3"][0])
+    (tmp_path / "export" / "manifest.jsonl").write_text(json.dumps({"file": "a.mp3", **fields("Owned.")}) + "\n")
+    for path in (data, *data.rglob("*")):
+        os.chown(path, 4321, 4321)
+    result = run_import(data, "http://127.0.0.1:9/v1", "--user", user, str(tmp_path / "export"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    [audio_file] = [p for p in (data / "audio").rglob("*.mp3")]
+    assert (audio_file.stat().st_uid, audio_file.parent.stat().st_uid) == (4321, 4321)

@@ -8,7 +8,9 @@ optionally, checked). Safe while the server runs and safe to run again: what is 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from speccyd.generation.imports import Importer
     from speccyd.generation.speech import SpeechRequest
     from speccyd.storage.database import Database
+    from speccyd.storage.records import FileRow
 
 MANIFEST = "manifest.jsonl"
 DEFAULT_JOBS = 4  # files in flight: validation on two threads, copies and fsyncs overlapping them
@@ -92,8 +95,26 @@ def read_manifest(directory: Path, max_text_chars: int, report: Report) -> list[
     return entries
 
 
+def data_owner(audio_dir: Path) -> tuple[int, int] | None:
+    """Whom the audio it writes must belong to: run as root beside a server that is not (systemd's dynamic
+    user, a container's PUID), a root-owned 0600 file would be audio the server cannot read."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = audio_dir.stat()
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
 async def _import_all(
-    importer: Importer, user_id: str, entries: list[Entry], jobs: int, dry_run: bool, report: Report
+    importer: Importer,
+    user_id: str,
+    entries: list[Entry],
+    jobs: int,
+    dry_run: bool,
+    report: Report,
+    give: Callable[[FileRow], None],
 ) -> None:
     import asyncio
 
@@ -141,12 +162,14 @@ async def _import_all(
                 report.refused.append((entry, "audio_too_large", str(e)))
             except QuotaExceeded as e:
                 report.refused.append((entry, "quota_exceeded", str(e)))
-            except FileNotFoundError:
-                report.refused.append((entry, "missing_file", f"{entry.file} does not exist"))
-            except IsADirectoryError:
-                report.refused.append((entry, "missing_file", f"{entry.file} is a directory"))
+            except OSError as e:
+                if not entry.path.is_file():
+                    report.refused.append((entry, "missing_file", f"{entry.file} does not exist or is not a file"))
+                else:  # reading it, or writing its copy (a server starting meanwhile empties audio/tmp)
+                    report.refused.append((entry, "io_error", f"{e.strerror or e}: {e.filename or entry.file}"))
             else:
                 if imported.created:
+                    give(imported.row)
                     report.imported += 1
                     report.imported_bytes += imported.row.size_bytes or 0
                     report.seconds_of_audio += imported.audio.seconds if imported.audio else 0
@@ -188,10 +211,19 @@ def import_audio(
         from speccyd.storage.errors import StorageFull
 
         user_id = await find_user(db, user, "--user ")
-        importer = Importer(settings, db, open_blobs(settings), SYSTEM_CLOCK, lambda: limits_from(settings))
+        blobs = open_blobs(settings)
+        importer = Importer(settings, db, blobs, SYSTEM_CLOCK, lambda: limits_from(settings))
+        owner = data_owner(settings.audio_dir)
+
+        def give(row: FileRow) -> None:
+            if owner is not None:
+                path = blobs.local_path(row.id, row.format)
+                for made in (path.parent, path):  # the shard directory may be new too
+                    os.chown(made, *owner)
+
         started = time.monotonic()
         try:
-            await _import_all(importer, user_id, entries, jobs, dry_run, report)
+            await _import_all(importer, user_id, entries, jobs, dry_run, report, give)
         except StorageFull as e:
             _summary(report, user_id, time.monotonic() - started, dry_run)
             fail(f"stopped: {e}")
