@@ -191,8 +191,10 @@ async def serve_speccyd(data_dir: Path, upstream_url: str) -> None:
 # --- the reference: the least aiohttp code that answers the same requests ---
 
 
-async def serve_reference(file: Path, answer: dict[str, Any]) -> None:
-    """GET /file: the same 1 MB file; POST /json: parse the body, answer speccyd's cache-hit JSON verbatim."""
+async def serve_reference(file: Path, answer: dict[str, Any], speech_file: Path) -> None:
+    """GET /file: the same 1 MB file; POST /json: parse the body, answer speccyd's cache-hit JSON verbatim;
+    POST /answer: the same answer without parsing the body (the floor); POST /speech: parse the body, send the
+    small file a /v1 cache hit sends."""
 
     async def download(request: web.Request) -> web.FileResponse:
         return web.FileResponse(file)
@@ -201,8 +203,17 @@ async def serve_reference(file: Path, answer: dict[str, Any]) -> None:
         await request.json()
         return web.json_response(answer)
 
+    async def unparsed(request: web.Request) -> web.Response:
+        return web.json_response(answer)
+
+    async def speech(request: web.Request) -> web.FileResponse:
+        await request.json()
+        return web.FileResponse(speech_file, headers={"Content-Type": "audio/mpeg"})
+
     app = web.Application()
     app.router.add_get("/file", download)
     app.router.add_post("/json", generate)
+    app.router.add_post("/answer", unparsed)
+    app.router.add_post("/speech", speech)
     runner, port = await _start(app)  # aiohttp's default access log, silent at the default WARNING level
     await _serve_until_stopped([runner], {"port": port})

@@ -21,9 +21,11 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from speccyd.app import create_app
+from speccyd.config.clock import SYSTEM_CLOCK, Clock
 from speccyd.config.settings import Settings, load_settings
 from speccyd.storage.sqlite import SqliteDatabase
 from speccyd.storage.sqlite.migrations import MIGRATIONS
+from tests.clock import FakeClock
 from tests.fake_upstream import CLIP_RATE, FakeUpstream, ffmpeg_available, make_clips
 
 AppClient = TestClient[web.Request, web.Application]
@@ -71,11 +73,17 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test says so, starting at the real time (other processes agree)."""
+    return FakeClock(time.time())
+
+
+@pytest.fixture
 async def make_client(
     aiohttp_client: Callable[..., Awaitable[AppClient]], make_settings: Callable[..., Settings]
 ) -> Callable[..., Awaitable[AppClient]]:
-    async def make(**overrides: object) -> AppClient:
-        return await aiohttp_client(create_app(make_settings(**overrides)))
+    async def make(clock: Clock = SYSTEM_CLOCK, **overrides: object) -> AppClient:
+        return await aiohttp_client(create_app(make_settings(**overrides), clock))
 
     return make
 

@@ -11,7 +11,7 @@ import json
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,69 +199,164 @@ class FakeUpstream:
             audio = self.clips[body.get("response_format", "mp3")][call.clip]
         else:
             audio = self.audio_for(body, self.audio_size)
-        if fault is not None and fault.kind == "status":
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-            return _error(fault.status, fault.message, fault.code, headers)
-        if fault is not None and fault.kind == "reset":
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response()
-        if fault is not None and fault.kind == "stall_headers":
-            await _until_hung_up(request)
-            return web.Response()
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        content_type = "text/html" if fault is not None and fault.kind == "wrong_type" else "audio/mpeg"
-        response = web.StreamResponse(headers={"Content-Type": content_type})
-        if fault is not None and fault.kind == "cut":
-            response.content_length = len(audio) * 2
-        elif fault is not None and fault.kind == "empty":
-            response.content_length = 0
-        await response.prepare(request)
-        if fault is not None and fault.kind == "empty":
-            await response.write_eof()
-            return response
-        if fault is not None and fault.kind == "stall":
-            await _until_hung_up(request)
-            return response
-        if fault is not None and fault.kind == "endless":
-            block = audio[:1] * fault.chunk
-            while True:
-                try:
-                    await response.write(block)
-                except ConnectionError:
-                    return response
-        chunk_size, chunk_delay = self.chunk_size, self.chunk_delay
-        if fault is not None and fault.kind == "slow":
-            chunk_size, chunk_delay = fault.chunk, fault.delay
-        for offset in range(0, len(audio), chunk_size):
-            if fault is not None and fault.kind in ("reset_mid", "pause_mid") and offset >= len(audio) // 2:
-                if fault.pause is not None:
-                    await fault.pause.wait()
-                if fault.kind == "reset_mid":
-                    assert request.transport is not None
-                    request.transport.close()
-                    return response
-                fault = None
-            try:
-                await response.write(audio[offset : offset + chunk_size])
-            except ConnectionError:  # speccyd gave up on us (a timeout); nothing more to send
-                return response
-            if chunk_delay:
-                await asyncio.sleep(chunk_delay)
-        if fault is not None and fault.kind == "cut":
-            assert request.transport is not None
-            request.transport.close()
-            return response
-        leave()
-        await response.write_eof()
-        return response
+        answer = Answer(audio, self.chunk_size, self.chunk_delay, self.latency, leave)
+        if fault is None:
+            return await _stream(request, answer)
+        return await FAULTS[fault.kind](request, fault, answer)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/audio/speech", self.speech)
         return app
+
+
+@dataclass
+class Answer:
+    """What a healthy upstream sends for one request, and how: the faults below bend it."""
+
+    audio: bytes
+    chunk_size: int
+    chunk_delay: float
+    latency: float  # before the headers
+    leave: Callable[[], None]  # counts the request out of in_flight (before the last byte)
+
+
+async def _stream(
+    request: web.Request,
+    answer: Answer,
+    *,
+    content_type: str = "audio/mpeg",
+    content_length: int | None = None,
+    chunk_size: int | None = None,
+    chunk_delay: float | None = None,
+    halfway: Callable[[], Awaitable[bool]] | None = None,
+    finish: bool = True,
+) -> web.StreamResponse:
+    """The audio in chunks. `halfway` runs once half is sent (True: hang up there); `finish=False` hangs up
+    instead of ending the body cleanly."""
+    response = await _headers(request, answer, content_type, content_length)
+    audio, size = answer.audio, chunk_size or answer.chunk_size
+    delay = answer.chunk_delay if chunk_delay is None else chunk_delay
+    for offset in range(0, len(audio), size):
+        if halfway is not None and offset >= len(audio) // 2:
+            if await halfway():
+                return _hang_up(request, response)
+            halfway = None
+        try:
+            await response.write(audio[offset : offset + size])
+        except ConnectionError:  # speccyd gave up on us (a timeout); nothing more to send
+            return response
+        if delay:
+            await asyncio.sleep(delay)
+    if not finish:
+        return _hang_up(request, response)
+    answer.leave()
+    await response.write_eof()
+    return response
+
+
+async def _headers(
+    request: web.Request, answer: Answer, content_type: str = "audio/mpeg", content_length: int | None = None
+) -> web.StreamResponse:
+    """The response's headers, sent after the upstream's latency."""
+    if answer.latency:
+        await asyncio.sleep(answer.latency)
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    if content_length is not None:
+        response.content_length = content_length
+    await response.prepare(request)
+    return response
+
+
+def _hang_up(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+# --- one handler per Fault.kind: what the upstream sends instead of a healthy answer ---
+
+
+async def _status(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+    return _error(fault.status, fault.message, fault.code, headers)
+
+
+async def _reset(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    return _hang_up(request, web.Response())
+
+
+async def _stall_headers(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    await _until_hung_up(request)
+    return web.Response()
+
+
+async def _wrong_type(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    return await _stream(request, answer, content_type="text/html")
+
+
+async def _cut(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    return await _stream(request, answer, content_length=len(answer.audio) * 2, finish=False)
+
+
+async def _empty(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    response = await _headers(request, answer, content_length=0)
+    await response.write_eof()
+    return response
+
+
+async def _stall(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    response = await _headers(request, answer)
+    await _until_hung_up(request)
+    return response
+
+
+async def _endless(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    response = await _headers(request, answer)
+    block = answer.audio[:1] * fault.chunk
+    while True:
+        try:
+            await response.write(block)
+        except ConnectionError:
+            return response
+
+
+async def _slow(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    return await _stream(request, answer, chunk_size=fault.chunk, chunk_delay=fault.delay)
+
+
+async def _reset_mid(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    async def drop() -> bool:
+        if fault.pause is not None:
+            await fault.pause.wait()
+        return True
+
+    return await _stream(request, answer, halfway=drop)
+
+
+async def _pause_mid(request: web.Request, fault: Fault, answer: Answer) -> web.StreamResponse:
+    async def wait() -> bool:
+        if fault.pause is not None:
+            await fault.pause.wait()
+        return False
+
+    return await _stream(request, answer, halfway=wait)
+
+
+FAULTS: dict[str, Callable[[web.Request, Fault, Answer], Awaitable[web.StreamResponse]]] = {
+    "status": _status,
+    "reset": _reset,
+    "stall_headers": _stall_headers,
+    "wrong_type": _wrong_type,
+    "cut": _cut,
+    "empty": _empty,
+    "stall": _stall,
+    "endless": _endless,
+    "slow": _slow,
+    "reset_mid": _reset_mid,
+    "pause_mid": _pause_mid,
+}
 
 
 def _error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> web.Response:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from speccyd.config.settings import Settings
 from speccyd.config.units import iso
 from speccyd.generation.speech import content_hash
 from speccyd.storage.sqlite import SqliteDatabase
+from tests.clock import FakeClock
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream, Fault
 
@@ -57,12 +59,15 @@ async def test_upstream_receives_the_requested_parameters(client: AppClient, fak
     assert fake.speech_calls[0].api_key == "sk-test-alice"
 
 
-async def test_cache_hit_makes_no_upstream_call_and_extends_expiry(client: AppClient, fake: FakeUpstream) -> None:
+async def test_cache_hit_makes_no_upstream_call_and_extends_expiry(
+    make_client: Any, fake: FakeUpstream, clock: FakeClock
+) -> None:
     """A ready file is returned with 200, no new upstream call, and a later expiry."""
+    client = await make_client(clock)
     headers = await sign_in(client)
     _, first = await generate(client, headers)
     await wait_status(client, headers, first["content_hash"])
-    await asyncio.sleep(1.1)  # expiry has one-second resolution; this is about its value, not timing luck
+    clock.advance(60)  # expiry has one-second resolution: a minute later it must be a minute later
     status, again = await generate(client, headers)
     assert status == 200
     assert again["status"] == "ready"
@@ -207,12 +212,13 @@ async def test_upstream_concurrency_is_bounded(make_client: object, fake: FakeUp
     assert len(fake.speech_calls) == 6
 
 
-async def test_cache_hits_are_recorded_in_the_database(client: AppClient, settings: Settings) -> None:
+async def test_cache_hits_are_recorded_in_the_database(make_client: Any, settings: Settings, clock: FakeClock) -> None:
     """Hits answered from memory reach the database within seconds: the new expiry and a usage record."""
+    client = await make_client(clock)
     headers = await sign_in(client)
     _, body = await generate(client, headers)
     await wait_status(client, headers, body["content_hash"])
-    await asyncio.sleep(1.1)  # so the bumped expiry differs at one-second resolution
+    clock.advance(60)  # so the bumped expiry differs at one-second resolution
     status, hit = await generate(client, headers)
     assert status == 200
     db = SqliteDatabase(settings.db_path)
@@ -228,3 +234,23 @@ async def test_cache_hits_are_recorded_in_the_database(client: AppClient, settin
         await eventually(recorded, what="the cache hit to be written")
     finally:
         await db.close()
+
+
+async def test_a_ready_file_unknown_to_memory_is_a_cache_hit_from_the_database(
+    make_client: Any, fake: FakeUpstream, settings: Settings, clock: FakeClock
+) -> None:
+    """After a restart the in-memory cache is empty: the claim finds the ready row, extends its expiry,
+    records the hit and calls no upstream."""
+    first = await make_client(clock)
+    headers = await sign_in(first)
+    _, made = await generate(first, headers)
+    await wait_status(first, headers, made["content_hash"])
+    await first.close()
+    clock.advance(3600)
+    second = await make_client(clock)  # same data dir, a new process's empty memory
+    status, hit = await generate(second, headers)
+    assert status == 200 and hit["file_id"] == made["file_id"]
+    assert hit["expires_at"] == iso(clock.now() + settings.retention)
+    assert len(fake.speech_calls) == 1
+    usage = await (await second.get("/user/usage", headers=headers)).json()
+    assert usage["cache_hits_30d"] == 1

@@ -17,7 +17,8 @@ from speccyd.appkeys import BLOBS, DATABASE
 from speccyd.generation.cleanup import expire, purge
 from speccyd.storage.records import NewFile, PurgeFilter
 from speccyd.storage.sqlite import SqliteDatabase
-from tests.conftest import AppClient, eventually, generate, old_database, sign_in, wait_status
+from tests.clock import FakeClock
+from tests.conftest import AppClient, generate, old_database, sign_in, wait_status
 
 
 async def page(client: AppClient, headers: dict[str, str], since: str = "0", limit: int = 100) -> dict[str, Any]:
@@ -124,19 +125,18 @@ async def test_generating_file_is_listed_then_updated_when_ready(client: AppClie
         assert [(f["file_id"], f["status"]) for f in changes["files"]] == [(body["file_id"], "ready")]
 
 
-async def test_expiry_and_purge_leave_tombstones(make_client: Callable[..., Awaitable[AppClient]]) -> None:
+async def test_expiry_and_purge_leave_tombstones(
+    make_client: Callable[..., Awaitable[AppClient]], clock: FakeClock
+) -> None:
     """Cleanup's expiry pass and a purge both record tombstones: 'expired' and 'deleted'."""
-    client = await make_client(retention="300ms", cleanup_interval="1h")
+    client = await make_client(clock, retention="1h", cleanup_interval="1h")
     headers = await sign_in(client)
     db, blobs = client.server.app[DATABASE], client.server.app[BLOBS]
     old = await make_ready(client, headers, "Short-lived")
     device = Device()
     await device.sync(client, headers)
-
-    async def expired() -> int:
-        return len(await expire(db, blobs, time.time()))
-
-    assert await eventually(expired, what="the file to expire") == 1
+    clock.advance(3601)
+    assert len(await expire(db, blobs, clock.now())) == 1
     changes = await page(client, headers, device.cursor)
     assert [(d["file_id"], d["reason"]) for d in changes["deleted"]] == [(old, "expired")]
     device.apply(changes)
@@ -326,7 +326,7 @@ async def _interleave(path: Path, ops: list[tuple[str, int, int]]) -> None:
             elif op == "delete":
                 rows = await store.select_purge(PurgeFilter(user_id=user), now)
                 if rows:
-                    await store.delete_file(user, rows[n % len(rows)].id)
+                    await store.delete_file(user, rows[n % len(rows)].id, now)
             elif op == "purge":
                 await store.delete_purge(PurgeFilter(user_id=user), now, k)
             elif op == "page":

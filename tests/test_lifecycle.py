@@ -10,17 +10,21 @@ from aiohttp.test_utils import TestClient
 
 from speccyd.app import create_app
 from speccyd.config.settings import Settings
+from tests.clock import FakeClock
 from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 
 
-async def test_audio_expires_after_retention(make_client: Any, settings: Settings) -> None:
-    """With retention 3s the cleanup task deletes the file and row; status is then 404."""
-    client = await make_client(retention="3s", cleanup_interval="200ms")
+async def test_audio_expires_after_retention(make_client: Any, settings: Settings, clock: FakeClock) -> None:
+    """Once the retention has passed, the cleanup task deletes the file and row; status is then 404."""
+    client = await make_client(clock, retention="1h", cleanup_interval="200ms")
     headers = await sign_in(client)
     _, body = await generate(client, headers)
     await wait_status(client, headers, body["content_hash"])
     path = next(settings.audio_dir.glob(f"*/{body['file_id']}.mp3"))
+    clock.advance(3599)
+    assert (await client.get(f"/files/{body['file_id']}", headers=headers)).status == 200  # not a second early
+    clock.advance(2)
 
     await eventually(lambda: not path.exists(), timeout=15, what="expired audio to be deleted")
     response = await client.get(f"/tts/{body['content_hash']}/status", headers=headers)
@@ -28,18 +32,14 @@ async def test_audio_expires_after_retention(make_client: Any, settings: Setting
     assert (await client.get(f"/files/{body['file_id']}", headers=headers)).status == 404
 
 
-async def test_expired_content_is_generated_again(make_client: Any, fake: FakeUpstream) -> None:
-    """A request for content whose audio expired starts a new generation."""
-    client = await make_client(retention="1s", cleanup_interval="1h")
+async def test_expired_content_is_generated_again(make_client: Any, fake: FakeUpstream, clock: FakeClock) -> None:
+    """A request for content whose audio expired (410 meanwhile) starts a new generation."""
+    client = await make_client(clock, retention="1h", cleanup_interval="1h")
     headers = await sign_in(client)
     _, first = await generate(client, headers)
     await wait_status(client, headers, first["content_hash"])
-
-    async def expired() -> bool:
-        response = await client.get(f"/files/{first['file_id']}", headers=headers)
-        return response.status == 410
-
-    await eventually(expired, what="the file to expire")
+    clock.advance(3601)
+    assert (await client.get(f"/files/{first['file_id']}", headers=headers)).status == 410
     status, second = await generate(client, headers)
     assert status == 202
     assert second["file_id"] != first["file_id"]

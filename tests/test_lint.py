@@ -30,3 +30,12 @@ def test_clean(command: list[str]) -> None:
         argv = [sys.executable, "-m", *command]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gating_tools_are_the_pinned_versions() -> None:
+    """The lint and type checkers installed are exactly .ci/constraints.txt's, which README's command installs."""
+    from importlib.metadata import version
+
+    pins = [line.split("==") for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines() if "==" in line]
+    assert {"ruff", "mypy", "import-linter"} <= {name for name, _ in pins}
+    assert {name: version(name) for name, _ in pins} == dict(pins)

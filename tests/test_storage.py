@@ -168,3 +168,24 @@ async def test_sweep_removes_orphans_and_temp_files(tmp_path: Path) -> None:
     assert await blobs.sweep({"a" * 32}) == 2
     assert blobs.path("a" * 32, "mp3").exists()
     assert not blobs.path("b" * 32, "mp3").exists()
+
+
+async def test_rotation_rewraps_every_readable_key_and_skips_the_rest(tmp_path: Path) -> None:
+    """init --force re-encrypts each stored key under the new secrets (same user, new lookup hash); a key the
+    old secrets cannot decrypt is left as it is and counted out."""
+    from speccyd.security.crypto import ServerSecrets
+
+    settings = _settings(tmp_path)
+    await init_data_dir(settings)
+    old = ServerSecrets.load(settings.secrets_dir)
+    db = SqliteDatabase(settings.db_path)
+    alice = await db.upsert_user(old.key_lookup_hash("sk-alice"), lambda uid: old.encrypt_key("sk-alice", uid), 1.0)
+    await db.upsert_user("lost-hash", lambda uid: b"not a ciphertext", 1.0)
+    report = await init_data_dir(settings, force=True)
+    assert report.rotated_users == 1
+    new = ServerSecrets.load(settings.secrets_dir)
+    assert new.session_key != old.session_key and new.encryption_key != old.encryption_key
+    assert await db.upsert_user(new.key_lookup_hash("sk-alice"), lambda uid: b"unused", 2.0) == alice
+    blob = await db.user_key(alice)
+    assert blob is not None and new.decrypt_key(blob, alice) == "sk-alice"
+    await db.close()

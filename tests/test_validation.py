@@ -141,3 +141,31 @@ async def test_healthz(client: AppClient) -> None:
     assert response.status == 200
     body = await response.json()
     assert (body["status"], body["version"]) == ("ok", __version__)
+
+
+async def test_a_bug_is_a_500_envelope_with_the_traceback_only_in_the_log(
+    aiohttp_client: Any, make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected exception becomes 500 internal_error in speccyd's (or under /v1, OpenAI's) envelope;
+    the client learns nothing of it, the log has the traceback."""
+    from aiohttp import web
+
+    from speccyd.app import create_app
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internals: /var/lib/speccyd/x")
+
+    app = create_app(make_settings())
+    app.router.add_get("/broken", broken)
+    app.router.add_get("/v1/broken", broken)
+    client = await aiohttp_client(app)
+    response = await client.get("/broken")
+    assert response.status == 500
+    assert await response.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
+    openai = await client.get("/v1/broken")
+    assert openai.status == 500
+    assert (await openai.json())["error"] == {
+        "message": "internal server error", "type": "server_error", "param": None, "code": "internal_error",
+    }  # fmt: skip
+    logged = [r for r in caplog.records if r.exc_info and "secret internals" in str(r.exc_info[1])]
+    assert len(logged) == 2 and "unhandled error in GET /broken" in logged[0].getMessage()

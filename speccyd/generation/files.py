@@ -126,7 +126,7 @@ class FileService:
 
     async def delete(self, user_id: str, file_id: str) -> None:
         """Delete a user's file: its row, any job in flight, then its audio."""
-        row = await self._db.delete_file(user_id, file_id)
+        row = await self._db.delete_file(user_id, file_id, self._clock.now())
         if row is None:
             raise FileNotFound()
         self._ready.drop(file_id)

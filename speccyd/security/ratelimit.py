@@ -6,6 +6,9 @@ import math
 
 from speccyd.config.clock import SYSTEM_CLOCK, Clock
 
+# Clients (users or addresses) tracked before full buckets are swept: memory stays bounded under key spraying.
+MAX_BUCKETS = 10_000
+
 
 class RateLimiter:
     def __init__(self, per_minute: int, clock: Clock = SYSTEM_CLOCK) -> None:
@@ -20,6 +23,10 @@ class RateLimiter:
             self.per_minute = per_minute
             self._rate = per_minute / 60.0
             self._buckets.clear()
+
+    def __len__(self) -> int:
+        """Buckets held: bounded, because full buckets are forgotten (see `_forget_full`)."""
+        return len(self._buckets)
 
     @property
     def enabled(self) -> bool:
@@ -45,7 +52,7 @@ class RateLimiter:
         if tokens < 1:
             return max(1, math.ceil((1 - tokens) / self._rate))
         self._buckets[key] = (tokens - 1, now)
-        if len(self._buckets) > 10_000:
+        if len(self._buckets) > MAX_BUCKETS:
             self._forget_full(now)
         return 0
 

@@ -100,6 +100,27 @@ def _purge_where(f: PurgeFilter, now: float) -> tuple[str, list[Any]]:
     return " AND ".join(clauses), args
 
 
+def _settle_tombstones(db: sqlite3.Connection, since_seq: int, removed: list[FileRow], now: float) -> None:
+    """Give the tombstones this transaction's deletes just wrote the caller's time and reason.
+
+    The trigger (migration 2) can only use the database's own clock; the caller knows the time it acts at
+    (the server's clock, which tests move), so "expired" means expired at that time, as the claim decides.
+    """
+    if not removed:
+        return
+    expired = [row.id for row in removed if row.is_expired(now)]
+    db.execute("UPDATE tombstones SET at = ?, reason = 'deleted' WHERE seq > ?", (now, since_seq))
+    if expired:
+        marks = ", ".join("?" * len(expired))
+        db.execute(
+            f"UPDATE tombstones SET reason = 'expired' WHERE seq > ? AND file_id IN ({marks})", [since_seq, *expired]
+        )
+
+
+def _clock_seq(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT seq FROM change_clock").fetchone()[0])
+
+
 class FileQueries(Engine):
     async def claim(
         self, user_id: str, new: NewFile, now: float, retention: float, limits: Limits = NO_LIMITS
@@ -288,15 +309,19 @@ class FileQueries(Engine):
             )
         )
 
-    async def delete_file(self, user_id: str, file_id: str) -> FileRow | None:
-        return await self.write(
-            lambda db: file_row(
+    async def delete_file(self, user_id: str, file_id: str, now: float) -> FileRow | None:
+        def delete(db: sqlite3.Connection) -> FileRow | None:
+            before = _clock_seq(db)
+            row = file_row(
                 db.execute(
                     f"DELETE FROM audio_files WHERE id = ? AND user_id = ? RETURNING {FILE_COLUMNS}",
                     (file_id, user_id),
                 ).fetchone()
             )
-        )
+            _settle_tombstones(db, before, [row] if row is not None else [], now)
+            return row
+
+        return await self.write(delete)
 
     async def generating(self) -> list[FileRow]:
         return await self.read(
@@ -319,8 +344,10 @@ class FileQueries(Engine):
     async def delete_purge(self, f: PurgeFilter, now: float, limit: int) -> list[FileRow]:
         """Delete at most `limit` matching rows; small batches keep the write lock short."""
         where, args = _purge_where(f, now)
-        return await self.write(
-            lambda db: [
+
+        def delete(db: sqlite3.Connection) -> list[FileRow]:
+            before = _clock_seq(db)
+            rows = [
                 FileRow(*r)
                 for r in db.execute(
                     f"DELETE FROM audio_files WHERE id IN (SELECT id FROM audio_files WHERE {where} LIMIT ?) "
@@ -328,4 +355,7 @@ class FileQueries(Engine):
                     [*args, limit],
                 ).fetchall()
             ]
-        )
+            _settle_tombstones(db, before, rows, now)
+            return rows
+
+        return await self.write(delete)
