@@ -8,10 +8,11 @@ import logging
 import re
 import resource
 import signal
+import ssl
 import sys
 from datetime import UTC, datetime
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -19,9 +20,12 @@ from speccyd import __version__
 from speccyd.app import apply_reload, create_app
 from speccyd.appkeys import ANNOUNCER
 from speccyd.config.settings import Settings, SettingsError, load_settings
+from speccyd.ops.systemd import InheritedSocket, Notifier, listen_sockets, watchdog, watchdog_interval
 from speccyd.security.tls import server_context
 
 log = logging.getLogger("speccyd")
+
+HEALTH_PATH = "/healthz"
 
 # Defence in depth: whatever a library logs, keys, bearer tokens and URL signatures never reach the log.
 _SECRET_PATTERNS = [
@@ -71,7 +75,11 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)  # spares formatting every request below info
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
+        # A supervisor asks /healthz every few seconds (Docker: every 30 s, all day): a healthy answer is
+        # logged at debug only, so the log shows requests, and a failing check still shows at info.
+        level = logging.DEBUG if response.status == 200 and request.path == HEALTH_PATH else logging.INFO
+        self.logger.log(
+            level,
             "%s %s %s %d %d %.1fms",
             request.remote,
             request.method,
@@ -122,16 +130,79 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
-async def _serve(settings: Settings) -> None:
+# After SIGTERM, a connection kept alive between requests gets this long to send one more request, which is
+# answered with "Connection: close", before it is closed. Closing it at once would reset a request the client
+# had already sent when the server decided to stop (the keep-alive race of RFC 9112, section 9.3.1): busy
+# clients (the ones that race) send their next request within milliseconds; an idle one is closed after this.
+LAME_DUCK = 0.25
+
+
+class Draining:
+    """Once set, every response closes its connection, so clients move to a new one (the next process)."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.active:
+            # aiohttp computed the headers before this hook runs: say it too, or the client would reuse a
+            # connection that the server closes after this response.
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
+
+
+def _announced_address(settings: Settings, inherited: list[InheritedSocket]) -> Settings:
+    """With sockets from the service manager, host and port are theirs: logs, mDNS and /healthz agree."""
+    for candidate in inherited:
+        address = candidate.tcp_address
+        if address is not None:
+            if (settings.host, settings.port) != address:
+                log.info(
+                    "serving on the socket passed by the service manager (%s, fd %d, %s:%d); the host and port "
+                    "settings do not apply",
+                    candidate.name,
+                    candidate.fd,
+                    *address,
+                )
+            return settings.replace(host=address[0], port=address[1])
+    return settings
+
+
+def _site_url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+async def _serve(settings: Settings, early_signals: list[int] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT: start-up, sites (own or inherited sockets), sd_notify, then a bounded drain.
+
+    `early_signals` are the signals `speccyd serve` caught before this loop existed (it installs handlers first
+    thing, since a PID 1 without them ignores SIGTERM): they are acted on as soon as the loop's handlers are in.
+    """
+    if any(sig != signal.SIGHUP for sig in early_signals or ()):
+        log.info("stop requested during start-up; exiting before serving")
+        return
+    inherited = listen_sockets()  # before anything else reads the environment: they are removed from it
+    settings = _announced_address(settings, inherited)
+    notifier = Notifier()
+    ping = watchdog_interval()
     ssl_context = server_context(settings)  # before anything starts: a bad certificate is a clear error
     raise_open_file_limit()
     app = create_app(settings)
+    draining = Draining()
+    app.on_response_prepare.append(draining.on_response_prepare)
     # Handlers before start-up: a signal during start-up, or right after "listening" is logged, is graceful.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload, app, settings)
+    loop.add_signal_handler(signal.SIGHUP, reload, app, settings, notifier)
+    reload_after_start = False
+    for early in early_signals or ():
+        if early == signal.SIGHUP:
+            reload_after_start = True  # the settings were read before it came: read them again once serving
+        else:
+            stop.set()
+    watchdog_task = asyncio.create_task(watchdog(notifier, ping)) if ping is not None else None
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
@@ -142,43 +213,100 @@ async def _serve(settings: Settings) -> None:
         # its last response): a slow-header client (slowloris) holds a socket for seconds, not an hour.
         keepalive_timeout=settings.client_timeout,
     )
-    await runner.setup()
+    notifier.notify("STATUS=starting")
     try:
-        # With a certificate the port speaks HTTPS only: a plain-HTTP fallback would let a downgrade through.
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
-        await site.start()
-        scheme = "https" if ssl_context is not None else "http"
-        for address in runner.addresses:
-            host, port = address[0], address[1]
-            log.info(
-                "speccyd %s listening on %s://%s:%d (data dir %s)",
-                __version__,
-                scheme,
-                host,
-                port,
-                settings.data_dir,
-            )
-        announcer = app.get(ANNOUNCER)
-        if announcer is not None:
-            announcer.start(runner.addresses[0][1])
-        await stop.wait()
-        if announcer is not None:
-            await announcer.stop()  # goodbyes first, so the apps stop choosing this server right away
-        log.info("shutting down: finishing in-flight requests (at most %.0fs)", settings.shutdown_timeout)
+        await runner.setup()
+        try:
+            if stop.is_set():
+                log.info("stop requested during start-up; not serving")
+            else:
+                await _start_sites(runner, settings, inherited, ssl_context)
+                announcer = app.get(ANNOUNCER)
+                port = _tcp_port(runner, inherited)
+                if announcer is not None and port is not None:
+                    announcer.start(port)  # the bound port: with --port 0 or a passed socket only now known
+                notifier.ready(f"serving on {', '.join(site.name for site in runner.sites)}")
+                if reload_after_start:
+                    reload(app, settings, notifier)
+                await stop.wait()
+                notifier.stopping("finishing in-flight requests")
+                if announcer is not None:
+                    await announcer.stop()  # goodbyes first, so the apps stop choosing this server right away
+                log.info("shutting down: finishing in-flight requests (at most %.0fs)", settings.shutdown_timeout)
+                await _stop_accepting(runner, draining)
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
+        if watchdog_task is not None:
+            watchdog_task.cancel()
+        notifier.close()
     log.info("stopped")
 
 
-def reload(app: web.Application, started: Settings) -> None:
+async def _start_sites(
+    runner: web.AppRunner, settings: Settings, inherited: list[InheritedSocket], ssl_context: ssl.SSLContext | None
+) -> None:
+    # With a certificate the port speaks HTTPS only: a plain-HTTP fallback would let a downgrade through.
+    scheme = "https" if ssl_context is not None else "http"
+    if inherited:
+        for passed in inherited:
+            await web.SockSite(runner, passed.sock, ssl_context=ssl_context).start()
+            address = passed.tcp_address
+            where = (
+                _site_url(scheme, *address) if address is not None else f"{scheme}://unix:{passed.sock.getsockname()}"
+            )
+            log.info(
+                "speccyd %s listening on %s (data dir %s; socket %s, fd %d, from the service manager)",
+                __version__,
+                where,
+                settings.data_dir,
+                passed.name,
+                passed.fd,
+            )
+        return
+    await web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context).start()
+    for address in runner.addresses:
+        log.info(
+            "speccyd %s listening on %s (data dir %s)",
+            __version__,
+            _site_url(scheme, address[0], address[1]),
+            settings.data_dir,
+        )
+
+
+def _tcp_port(runner: web.AppRunner, inherited: list[InheritedSocket]) -> int | None:
+    """The port to announce: the first TCP socket's (None when only Unix sockets were passed)."""
+    if not inherited:
+        return int(runner.addresses[0][1])
+    return next((address[1] for passed in inherited if (address := passed.tcp_address) is not None), None)
+
+
+async def _stop_accepting(runner: web.AppRunner, draining: Draining) -> None:
+    """Stop accepting (an inherited socket keeps queueing for the next process), then let kept-alive
+    connections leave after one more response (see LAME_DUCK); in-flight responses carry on."""
+    for site in list(runner.sites):
+        await site.stop()
+    draining.active = True
+    server = runner.server
+    deadline = asyncio.get_running_loop().time() + LAME_DUCK
+    # aiohttp signals nothing when a connection closes; a 10 ms poll for a quarter of a second costs nothing.
+    while server is not None and server.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+def reload(app: web.Application, started: Settings, notifier: Notifier | None = None) -> None:
     """SIGHUP: re-read config.toml and the environment; apply log level, log format and limits.
 
     Listening address, data dir and the rest need a restart; open connections are never touched.
     """
+    if notifier is not None:
+        notifier.reloading()
     try:
         new = load_settings(started.data_dir, {"host": started.host, "port": started.port})
     except SettingsError as e:
         log.error("SIGHUP: configuration not reloaded: %s", e)
+        if notifier is not None:
+            notifier.ready("serving (the new configuration was refused; see the log)")
         return
     configure_logging(new.log_level, new.log_format)
     apply_reload(app, new)
@@ -191,8 +319,10 @@ def reload(app: web.Application, started: Settings) -> None:
         new.max_files,
         new.rate_limit,
     )
+    if notifier is not None:
+        notifier.ready("serving")
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, early_signals: list[int] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_serve(settings))
+    asyncio.run(_serve(settings, early_signals))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,29 @@ from tests.conftest import eventually
 SPECCYD = Path(sys.executable).with_name("speccyd")
 _PYTHON_SPECCYD = (sys.executable, "-m", "speccyd")
 _LISTENING = re.compile(r"listening on (https?)://([^\s:]+):(\d+)")
+
+
+def listening_socket(host: str = "127.0.0.1", backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket on a free port, held by the test the way systemd holds a socket unit's."""
+    return socket.create_server((host, 0), backlog=backlog)
+
+
+# What systemd does between fork and exec of a socket-activated service: the socket moved to fd 3, and
+# LISTEN_PID set to the process's own pid (exec keeps it).
+_ACTIVATE = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def activation_prefix(fd: int) -> list[str]:
+    """A command prefix that execs the rest as systemd starts a socket-activated service with `fd`."""
+    return [sys.executable, "-c", _ACTIVATE, str(fd)]
 
 
 def settings_env(**settings: object) -> dict[str, str]:
@@ -77,10 +101,17 @@ class ServerProcess:
         executable: Sequence[str] = _PYTHON_SPECCYD,
         prefix: Sequence[str] = (),
         args: Sequence[str] = (),
+        listen: socket.socket | None = None,
     ) -> None:
         serve = [*executable, "serve", "--data-dir", str(data_dir), "--host", host, "--port", "0", *args]
-        self.argv = [*prefix, *serve]
         self.env = speccyd_env(upstream_url, **(env or {}))
+        self.pass_fds: tuple[int, ...] = ()
+        if listen is not None:
+            # As systemd starts a socket-activated service: the socket at fd 3, LISTEN_PID naming the process.
+            serve = [*activation_prefix(listen.fileno()), *serve]
+            self.env.update(LISTEN_FDS="1", LISTEN_FDNAMES="speccyd.socket")
+            self.pass_fds = (listen.fileno(),)
+        self.argv = [*prefix, *serve]
         self.log_path = log_path
         self.prefix = list(prefix)
         self.cwd: Path | None = None
@@ -95,6 +126,7 @@ class ServerProcess:
         """Any long-running command (a helper announcer, say), ready once its log contains `ready`."""
         process = cls.__new__(cls)
         process.argv, process.env, process.log_path, process.prefix = list(argv), env, log_path, []
+        process.pass_fds = ()
         process.cwd, process.ready, process.proc, process.url = cwd, re.compile(re.escape(ready)), None, ""
         return process
 
@@ -118,13 +150,19 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def start(self, timeout: float = 30.0) -> ServerProcess:
-        """Start, and wait until the log of this run shows it is ready (by default: the line naming its port)."""
+    async def spawn(self) -> int:
+        """Start the process without waiting for anything; the log offset where this run's output begins."""
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+                *self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=self.pass_fds,
+            )  # fmt: skip
+        return offset
+
+    async def start(self, timeout: float = 30.0) -> ServerProcess:
+        """Start, and wait until the log of this run shows it is ready (by default: the line naming its port)."""
+        offset = await self.spawn()
 
         async def started() -> re.Match[str] | None:
             if self.process.returncode is not None:

@@ -102,10 +102,10 @@ def files_of(docker: Docker, image: str) -> dict[str, list[int]]:
 
 
 def test_image_adds_only_speccyd_to_its_base(docker: Docker, image: Image) -> None:
-    """The image is its base plus the venv and the two scripts: no compiler, pip, test extras, cache or CA bundle."""
+    """The image is its base plus the venv and the entrypoint: no compiler, pip, test extras, cache or CA bundle."""
     base, final = files_of(docker, image.base), files_of(docker, image.tag)
     added = {path for path, stat in final.items() if base.get(path) != stat}
-    ours = ("/usr/local/bin/docker-entrypoint", "/usr/local/bin/docker-healthcheck")
+    ours = ("/usr/local/bin/docker-entrypoint",)
     assert sorted(p for p in added if not p.startswith("/opt/speccyd/") and p not in ours) == []
     assert set(ours) <= added
     unwanted = re.compile(
@@ -125,7 +125,7 @@ def test_image_adds_only_speccyd_to_its_base(docker: Docker, image: Image) -> No
     assert not [name for name in env if name.startswith("PIP_")]
     assert "/data" in config["Volumes"]
     assert config["Cmd"] == ["speccyd", "serve"]
-    assert config["Healthcheck"]["Test"][-1] == "/usr/local/bin/docker-healthcheck"
+    assert config["Healthcheck"]["Test"] == ["CMD", "/opt/speccyd/bin/speccyd", "healthcheck"]
 
 
 async def test_container_serves_stops_cleanly_and_keeps_its_volume(
@@ -227,6 +227,26 @@ async def test_container_serves_stops_cleanly_and_keeps_its_volume(
         assert len(fake.speech_calls) == 1  # served from the volume, never generated again
         assert await stop() < 5
         assert owners() == {(PUID, PGID)}
+        # A check every second, all healthy: none of them is in the access log, the requests above are.
+        assert "GET /healthz" not in await logs()
+        assert f"GET /files/{job['file_id']} 200" in await logs()
+
+        # docker stop the instant the container starts, before speccyd has even been exec'd: as PID 1 the
+        # signal would be dropped and Docker would kill it 10 s later; held pending, it is a clean stop.
+        listened = (await logs()).count("listening on")
+        await docker.arun("start", name)
+        pid = int((await docker.arun("inspect", "--format={{.State.Pid}}", name))[1])
+
+        def stop_signal_kept() -> bool:  # blocked by the entrypoint, or caught by speccyd serve
+            status = Path(f"/proc/{pid}/status").read_text()
+            masks = re.findall(r"^Sig(?:Blk|Cgt):\s*([0-9a-f]+)$", status, re.M)
+            return any(int(mask, 16) & (1 << 14) for mask in masks)  # bit 14: SIGTERM (15)
+
+        await eventually(stop_signal_kept, timeout=10, what="the entrypoint to hold SIGTERM")
+        serving = (await logs()).count("listening on") > listened
+        seconds = await stop()
+        print(f"docker stop during start-up took {seconds:.2f}s (speccyd {'was' if serving else 'not yet'} serving)")
+        assert seconds < 5, f"docker stop during start-up took {seconds:.1f}s"
         assert "Traceback" not in await logs()
     finally:
         await docker.arun("rm", "--force", name, check=False)

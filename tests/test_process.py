@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import eventually
 from tests.fake_upstream import FakeUpstream
-from tests.server_process import ServerProcess, run_cli, start_server
+from tests.server_process import SPECCYD, ServerProcess, run_cli, speccyd_env, start_server
 
 pytestmark = pytest.mark.process
 
@@ -158,3 +159,39 @@ async def test_log_has_no_secrets(tmp_path: Path, upstream_url: str) -> None:
 def _temp_file_exists(data: Path) -> bool:
     tmp = data / "audio" / "tmp"
     return tmp.exists() and any(p.stat().st_size > 0 for p in tmp.iterdir())
+
+
+async def test_healthcheck_command_and_quiet_health_probes(tmp_path: Path, upstream_url: str) -> None:
+    """`speccyd healthcheck` finds the server from the settings and exits 0; a healthy probe is not in the access log
+    (a failing one and every other request are), and a server with a failing check makes it exit 1."""
+    data = tmp_path / "data"
+    server = await start_server(data, upstream_url, tmp_path / "log")
+
+    def healthcheck(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SPECCYD), "healthcheck", "--data-dir", str(data), *args],
+            env={**speccyd_env(upstream_url), **env}, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    ok = await asyncio.to_thread(healthcheck, SPECCY_HOST="0.0.0.0", SPECCY_PORT=str(server.port))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith('200 {"status": "ok"')
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(f"{server.url}/healthz") as response:
+                assert response.status == 200
+        async with session.get(f"{server.url}/openapi.json") as response:
+            assert response.status == 200
+    refused = await asyncio.to_thread(healthcheck, "--url", "http://127.0.0.1:9/healthz", "--timeout", "2")
+    assert refused.returncode == 1
+    assert "http://127.0.0.1:9/healthz:" in refused.stdout
+    assert await server.stop() == 0
+    await eventually(lambda: "GET /openapi.json 200" in server.log, what="the access log line")
+    assert "/healthz" not in server.log
+
+    failing = await start_server(data, upstream_url, tmp_path / "log2", SPECCY_MIN_FREE_DISK="1000TB")
+    sick = await asyncio.to_thread(healthcheck, "--url", f"{failing.url}/healthz")
+    assert sick.returncode == 1
+    assert sick.stdout.startswith("503 ") and "min_free_disk" in sick.stdout
+    assert await failing.stop() == 0
+    assert "GET /healthz 503" in failing.log

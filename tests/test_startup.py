@@ -56,3 +56,28 @@ def test_reports_and_purges_import_no_server(args: list[str], tmp_path: Path) ->
 
     assert CliRunner().invoke(app, ["init", "--data-dir", str(tmp_path)]).exit_code == 0
     assert imported_by([*args, "--data-dir", str(tmp_path)], SERVER_ONLY) == []
+
+
+def test_healthcheck_imports_no_heavy_module() -> None:
+    """`speccyd healthcheck`, which Docker runs every 30 s, imports no more than `--help` does."""
+    assert imported_by(["healthcheck", "--url", "http://127.0.0.1:9/healthz", "--timeout", "1"], HEAVY) == []
+
+
+def test_import_imports_no_server(tmp_path: Path) -> None:
+    """`speccyd import`, checking a file for a real user, imports neither the server nor the openai SDK."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from speccyd.cli import app
+    from speccyd.config.settings import load_settings
+    from tests.seeding import with_db
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(app, ["init", "--data-dir", str(data)]).exit_code == 0
+    user = with_db(load_settings(data, env={}), lambda db: db.upsert_user("hash", lambda uid: b"enc", time.time()))
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "a.mp3").write_bytes(b"not audio")
+    (tmp_path / "export" / "manifest.jsonl").write_text('{"file": "a.mp3", "text": "Hello."}\n')
+    args = ["import", "--user", user, "--dry-run", "--data-dir", str(data), str(tmp_path / "export")]
+    assert imported_by(args, SERVER_ONLY) == []

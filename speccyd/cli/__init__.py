@@ -7,13 +7,14 @@ that need them, so that `speccyd --help` and `speccyd usage` start quickly.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Annotated
 
 import typer
 
 from speccyd import __version__
-from speccyd.cli import backups, discover, init, purge, say, serve, service, usage, users
+from speccyd.cli import backups, discover, health, imports, init, purge, say, serve, service, usage, users
 
 app = typer.Typer(
     name="speccyd",
@@ -42,13 +43,17 @@ def root(
 
 
 for command in (init.init, serve.serve, usage.usage, purge.purge, backups.backup, backups.restore, say.say,
-                discover.discover):  # fmt: skip
+                discover.discover, health.healthcheck):  # fmt: skip
     app.command()(command)
+app.command("import")(imports.import_audio)
 app.add_typer(users.users_app, name="users")
 app.add_typer(service.service_app, name="service")
 
 
 def main() -> None:
+    # The image's entrypoint, as PID 1, execs us with the stop signals blocked (packaging/docker-entrypoint):
+    # Ctrl-C works again at once (Python has its handler); `serve` takes SIGTERM and SIGHUP once it has its own.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         app()
     except KeyboardInterrupt:

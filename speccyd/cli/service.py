@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from speccyd.cli.common import DataDir, fail
+from speccyd.cli.common import DataDir, fail, settings_for
 
 service_app = typer.Typer(
     help="Start speccyd at boot with systemd (Linux) or launchd (macOS).", no_args_is_help=True, rich_markup_mode=None
@@ -22,15 +22,28 @@ Scope = Annotated[
 Platform = Annotated[str | None, typer.Option("--platform", hidden=True, help="systemd or launchd (tests).")]
 
 
-def _service_plan(system: bool | None, data_dir: Path | None, platform: str | None) -> Any:
+Socket = Annotated[
+    bool,
+    typer.Option(
+        "--socket/--no-socket",
+        help="systemd: a socket unit holds the port, so restarts queue connections instead of refusing them.",
+    ),
+]
+
+
+def _service_plan(system: bool | None, data_dir: Path | None, platform: str | None, socket: bool = True) -> Any:
     import os
 
     from speccyd.ops.unitfiles import current_platform, plan_install, running_command
 
     if system is None:
         system = os.geteuid() == 0
+    listen = None
+    if socket:
+        settings = settings_for(data_dir)  # host and port as configured (default 0.0.0.0:8420)
+        listen = (settings.host, settings.port)
     try:
-        return plan_install(platform or current_platform(), system, data_dir, running_command())
+        return plan_install(platform or current_platform(), system, data_dir, running_command(), listen)
     except ValueError as e:
         fail(str(e), 2)
 
@@ -39,23 +52,29 @@ def _service_plan(system: bool | None, data_dir: Path | None, platform: str | No
 def service_install(
     system: Scope = None,
     data_dir: DataDir = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the file instead of writing it.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the files instead of writing them.")] = False,
+    socket: Socket = True,
     platform: Platform = None,
 ) -> None:
-    """Write the service file for this machine, pointing at this speccyd and data dir."""
+    """Write the service files for this machine, pointing at this speccyd and data dir."""
     from speccyd.ops.unitfiles import install
 
-    plan = _service_plan(system, data_dir, platform)
+    plan = _service_plan(system, data_dir, platform, socket)
     if dry_run:
-        # The file alone on stdout (`... --dry-run > speccyd.service` works); everything else on stderr.
-        typer.echo(plan.text, nl=False)
-        typer.echo(f"# would write {plan.path}", err=True)
+        # The files on stdout, everything else on stderr. One file alone (`--dry-run > speccyd.service`
+        # works); several each after a "# PATH" comment line, so each part is still a valid unit file.
+        for unit in plan.files:
+            if len(plan.files) > 1:
+                typer.echo(f"# {unit.path}")
+            typer.echo(unit.text, nl=False)
+            typer.echo(f"# would write {unit.path}", err=True)
     else:
         try:
             install(plan)
         except OSError as e:
-            fail(f"cannot write {plan.path}: {e.strerror or e} (a system service needs root)")
-        typer.echo(f"wrote {plan.path}")
+            fail(f"cannot write {e.filename or plan.path}: {e.strerror or e} (a system service needs root)")
+        for unit in plan.files:
+            typer.echo(f"wrote {unit.path}")
     for note in plan.notes:
         typer.echo(f"# {note}", err=dry_run)
     typer.echo("# to start it now and at every boot:", err=dry_run)
@@ -70,18 +89,28 @@ def service_uninstall(
     platform: Platform = None,
 ) -> None:
     """Remove the service file written by `service install` (the data dir is kept)."""
-    plan = _service_plan(system, None, platform)
+    from speccyd.ops.unitfiles import SOCKET_NAME, UNIT_NAME
+
+    plan = _service_plan(system, None, platform, socket=False)
+    paths = [plan.path]
+    stop = plan.disable
+    socket_unit = plan.path.with_name(SOCKET_NAME)
+    if plan.path.name == UNIT_NAME and socket_unit.exists():  # systemd, installed with its socket unit
+        paths.append(socket_unit)
+        stop = [command.replace(UNIT_NAME, f"{SOCKET_NAME} {UNIT_NAME}") for command in stop]
     typer.echo("# if it is running, stop it and keep it from starting at boot:")
-    for command in plan.disable:
+    for command in stop:
         typer.echo(command)
-    if not plan.path.exists():
+    present = [path for path in paths if path.exists()]
+    if not present:
         typer.echo(f"{plan.path} does not exist; nothing to remove")
         return
-    if dry_run:
-        typer.echo(f"would remove {plan.path}")
-        return
-    try:
-        plan.path.unlink()
-    except OSError as e:
-        fail(f"cannot remove {plan.path}: {e.strerror or e}")
-    typer.echo(f"removed {plan.path}")
+    for path in present:
+        if dry_run:
+            typer.echo(f"would remove {path}")
+            continue
+        try:
+            path.unlink()
+        except OSError as e:
+            fail(f"cannot remove {path}: {e.strerror or e}")
+        typer.echo(f"removed {path}")

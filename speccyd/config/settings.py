@@ -164,6 +164,13 @@ def _listen(value: object) -> str:
     return value
 
 
+def _import_size(value: object) -> int:
+    size = parse_size(value)
+    if size == 0:
+        raise ValueError("must be a size such as '64MB' (imports cannot be unlimited)")
+    return size
+
+
 def split_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -231,6 +238,9 @@ SPECS: dict[str, Spec] = {
         "15s",
         "Longest a client may take to send a request's headers or body; also the idle keep-alive.",
     ),
+    "max_import_size": Spec(
+        _import_size, "64MB", "Largest audio file POST /files/import and `speccyd import` accept (e.g. '200MB')."
+    ),
 }
 
 
@@ -273,6 +283,7 @@ class Settings:
     tls_key: Path | None
     upstream_deadline: float
     client_timeout: float
+    max_import_size: int
 
     @property
     def db_path(self) -> Path:

@@ -50,6 +50,14 @@ class StorageQuotaExceeded(QuotaExceeded):
     """The user keeps as many bytes or files as allowed."""
 
 
+class InvalidAudio(Exception):
+    """Imported bytes that are not valid audio of the claimed format; the message says what is wrong."""
+
+
+class AudioTooLarge(Exception):
+    """An imported file larger than max_import_size."""
+
+
 class UpstreamUnavailable(Exception):
     """The upstream could not be asked (down, unreachable, answering errors)."""
 

@@ -15,6 +15,7 @@ from speccyd.config.clock import Clock
 from speccyd.config.settings import Settings
 from speccyd.generation.cleanup import expire, purge
 from speccyd.generation.errors import FileExpired, FileNotFound, GenerationFailed
+from speccyd.generation.imports import Imported, Importer, Upload
 from speccyd.generation.quotas import Quotas, quota_error
 from speccyd.generation.readycache import ReadyCache
 from speccyd.generation.runner import JobRunner
@@ -51,6 +52,7 @@ class FileService:
         self._quotas = quotas
         self._generations = metrics.generations
         self._clock = clock
+        self.importer = Importer(settings, db, blobs, clock, lambda: quotas.defaults)
 
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now.
@@ -130,6 +132,21 @@ class FileService:
         self._ready.drop(file_id)
         await self._runner.cancel(file_id)
         await self._blobs.remove(row.id, row.format)
+
+    # --- imports (generation/imports.py) ---
+
+    async def import_existing(self, user_id: str, content_hash: str) -> FileRow | None:
+        """The user's audio for this content that an import would keep (ready, or being generated)."""
+        return self._with_hits(await self.importer.existing(user_id, content_hash))
+
+    async def import_upload(self, user_id: str, speech: SpeechRequest, upload: Upload) -> Imported:
+        """Keep a validated upload as the user's file; the ready cache learns of it at once."""
+        imported = await self.importer.store(user_id, speech, upload)
+        if imported.replaced is not None:
+            self._ready.drop(imported.replaced.id)
+        if imported.row.status == "ready":
+            self._ready.put(imported.row)
+        return imported
 
     # --- reads that include the cache hits answered from memory ---
 

@@ -141,11 +141,17 @@ class Scanner(Generic[H]):
                 if len(buffer) <= ID3V1_SIZE and b"TAG"[: len(buffer)] == buffer[:3]:
                     break  # maybe the ID3v1 tag that ends the file: only the end tells
                 header = self._parse(buffer)
-                if header is not None and self._last is not None and self._last.same_stream(header):
-                    if len(buffer) < header.length:
+                # `is`: parsers cache their headers, so the frames of one stream mostly share one object.
+                if (
+                    header is not None
+                    and self._last is not None
+                    and (header is self._last or self._last.same_stream(header))
+                ):
+                    length = header.length
+                    if len(buffer) < length:
                         break  # the rest of the frame has not arrived (at the end: it never will)
-                    out += self._accept(header, bytes(buffer[: header.length]))
-                    self._drop(header.length)
+                    out += self._accept(header, bytes(buffer[:length]))
+                    self._drop(length)
                     continue
                 if len(buffer) < self.header_size and not final:
                     break

@@ -26,6 +26,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.imports = Counter(
+            "speccyd_imports",
+            "Imported audio files by outcome: imported, kept (the user had it already), invalid_audio, "
+            "too_large, quota_exceeded.",
+            ["outcome"],
+            registry=r,
+        )
         self.upstream_first_byte = Histogram(
             "speccyd_upstream_first_byte_seconds",
             "Time from an upstream speech call to its first audio bytes.",

@@ -9,11 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 UNIT_NAME = "speccyd.service"
+SOCKET_NAME = "speccyd.socket"
 LABEL = "com.speccy.speccyd"
 SYSTEM_DATA_DIR = Path("/var/lib/speccyd")  # systemd's StateDirectory=speccyd
 LAUNCHD_LOG_DIR = Path("/Library/Logs/speccyd")
 # Longer than the default shutdown_timeout (10s) so in-flight downloads finish before a SIGKILL.
 STOP_TIMEOUT = 30
+# systemd kills a service that sends no WATCHDOG=1 for this long once started (speccyd pings every 15 s from its
+# event loop): a hung loop is restarted within a minute, while no pause of a healthy server comes near it.
+WATCHDOG = 30
+# Start-up (READY=1) includes database migrations and the sweep of the audio dir, which take a while for a
+# large library on a slow NAS disk; systemd's default of 90 s would kill such a start half way.
+START_TIMEOUT = 300
+
+
+@dataclass(frozen=True)
+class UnitText:
+    path: Path
+    text: str
 
 
 @dataclass(frozen=True)
@@ -25,6 +38,11 @@ class ServiceFile:
     notes: list[str]
     log_dir: Path | None = None  # launchd opens log files but does not create their directory
     log_owner: str | None = None
+    also: tuple[UnitText, ...] = ()  # written beside it: the socket unit
+
+    @property
+    def files(self) -> list[UnitText]:
+        return [UnitText(self.path, self.text), *self.also]
 
 
 def running_command() -> list[str]:
@@ -85,20 +103,33 @@ SystemCallErrorNumber=EPERM
 """
 
 
-def systemd_unit(command: list[str], data_dir: Path, *, system: bool) -> str:
+def systemd_unit(command: list[str], data_dir: Path, *, system: bool, socket: bool = True) -> str:
     exec_start = " ".join(_systemd_quote(w) for w in [*command, "serve", "--data-dir", str(data_dir)])
     lines = [
         "[Unit]",
         "Description=speccyd, the text-to-speech server for the Speccy apps",
         "Wants=network-online.target",
         "After=network-online.target",
+    ]
+    if socket:
+        lines += [
+            # The socket unit holds the listening socket: while this service restarts, connections wait in it.
+            f"Requires={SOCKET_NAME}",
+            f"After={SOCKET_NAME}",
+        ]
+    lines += [
         "",
         "[Service]",
-        "Type=exec",
+        # READY=1 once serving, STOPPING=1 at shutdown, RELOADING=1 around SIGHUP, WATCHDOG=1 from the loop.
+        "Type=notify",
+        "NotifyAccess=main",
         f"ExecStart={exec_start}",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartSec=2s",
+        f"TimeoutStartSec={START_TIMEOUT}s",
         f"TimeoutStopSec={STOP_TIMEOUT}s",
+        f"WatchdogSec={WATCHDOG}s",
     ]
     text = "\n".join(lines) + "\n"
     if system:
@@ -110,6 +141,38 @@ def systemd_unit(command: list[str], data_dir: Path, *, system: bool) -> str:
         text += "UMask=0077\nNoNewPrivileges=yes\n"
         target = "default.target"
     return text + f"\n[Install]\nWantedBy={target}\n"
+
+
+def systemd_socket(host: str, port: int) -> str:
+    """The socket unit for `host`:`port` (speccyd's own defaults: 0.0.0.0:8420, IPv4 only, as it binds itself)."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host {host!r}: a socket unit listens on an IP address; set host to one") from None
+    if port == 0:
+        raise ValueError("port 0: a socket unit needs a fixed port; set port (default 8420)")
+    listen = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    lines = [
+        "[Unit]",
+        "Description=speccyd's listening socket (connections wait here while the service restarts)",
+        "",
+        "[Socket]",
+        f"ListenStream={listen}",
+    ]
+    if address.version == 6:
+        lines.append("BindIPv6Only=ipv6-only")  # as speccyd binds [::] itself; IPv4 comes in another ListenStream=
+    lines += [
+        # Connections that arrive while the service restarts queue here, up to this many.
+        "Backlog=4096",
+        "FileDescriptorName=speccyd",
+        f"Service={UNIT_NAME}",
+        "",
+        "[Install]",
+        "WantedBy=sockets.target",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def launchd_plist(command: list[str], data_dir: Path, log_dir: Path, user: str | None) -> str:
@@ -149,35 +212,50 @@ def _home_warning(command: list[str]) -> list[str]:
     return []
 
 
-def plan_install(platform: str, system: bool, data_dir: Path | None, command: list[str]) -> ServiceFile:
-    """The file to write for `platform` ("systemd" or "launchd"), with its enable/disable commands."""
+def plan_install(
+    platform: str,
+    system: bool,
+    data_dir: Path | None,
+    command: list[str],
+    listen: tuple[str, int] | None = ("0.0.0.0", 8420),
+) -> ServiceFile:
+    """The files to write for `platform` ("systemd" or "launchd"), with their enable/disable commands.
+
+    With `listen` (host, port), systemd gets a socket unit too, so restarts queue connections instead of
+    refusing them; None installs the service alone (it binds its own port).
+    """
     if platform == "systemd":
+        units = f"{SOCKET_NAME} {UNIT_NAME}" if listen is not None else UNIT_NAME
         if system:
             directory = data_dir or SYSTEM_DATA_DIR
             if not directory.is_relative_to("/var/lib") or directory == Path("/var/lib"):
                 raise ValueError(f"--data-dir {directory}: a system service keeps its data under /var/lib")
+            unit_dir = Path("/etc/systemd/system")
             return ServiceFile(
-                Path("/etc/systemd/system") / UNIT_NAME,
-                systemd_unit(command, directory, system=True),
-                ["systemctl daemon-reload", f"systemctl enable --now {UNIT_NAME}"],
-                [f"systemctl disable --now {UNIT_NAME}"],
+                unit_dir / UNIT_NAME,
+                systemd_unit(command, directory, system=True, socket=listen is not None),
+                ["systemctl daemon-reload", f"systemctl enable --now {units}"],
+                [f"systemctl disable --now {units}"],
                 [f"logs: journalctl -u {UNIT_NAME} -f", f"data: {directory}", *_home_warning(command)],
+                also=_socket_unit(unit_dir, listen),
             )
         from speccyd.config.settings import default_data_dir
 
         directory = data_dir or default_data_dir()
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        unit_dir = config / "systemd" / "user"
         return ServiceFile(
-            config / "systemd" / "user" / UNIT_NAME,
-            systemd_unit(command, directory, system=False),
+            unit_dir / UNIT_NAME,
+            systemd_unit(command, directory, system=False, socket=listen is not None),
             [
                 "systemctl --user daemon-reload",
-                f"systemctl --user enable --now {UNIT_NAME}",
+                f"systemctl --user enable --now {units}",
                 # Without lingering, a user service stops at logout and does not start at boot.
                 f"loginctl enable-linger {_invoking_user()[0]}",
             ],
-            [f"systemctl --user disable --now {UNIT_NAME}"],
+            [f"systemctl --user disable --now {units}"],
             [f"logs: journalctl --user -u {UNIT_NAME} -f", f"data: {directory}"],
+            also=_socket_unit(unit_dir, listen),
         )
     if platform == "launchd":
         user, home = _invoking_user()
@@ -204,16 +282,21 @@ def plan_install(platform: str, system: bool, data_dir: Path | None, command: li
     raise ValueError(f"unknown service platform {platform!r}")
 
 
+def _socket_unit(unit_dir: Path, listen: tuple[str, int] | None) -> tuple[UnitText, ...]:
+    return () if listen is None else (UnitText(unit_dir / SOCKET_NAME, systemd_socket(*listen)),)
+
+
 def current_platform() -> str:
     return "launchd" if sys.platform == "darwin" else "systemd"
 
 
 def install(plan: ServiceFile) -> None:
-    plan.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.path.with_name(plan.path.name + ".tmp")
-    tmp.write_text(plan.text)
-    tmp.chmod(0o644)  # service managers refuse or warn about unit files others may write
-    tmp.replace(plan.path)
+    for unit in plan.files:
+        unit.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = unit.path.with_name(unit.path.name + ".tmp")
+        tmp.write_text(unit.text)
+        tmp.chmod(0o644)  # service managers refuse or warn about unit files others may write
+        tmp.replace(unit.path)
     if plan.log_dir is not None:
         plan.log_dir.mkdir(parents=True, exist_ok=True)
         if plan.log_owner is not None and os.getuid() == 0:

@@ -51,6 +51,17 @@ class Database(Protocol):
 
     # --- audio files ---
     async def claim(self, user_id: str, new: NewFile, now: float, retention: float, limits: Limits = ...) -> Claim: ...
+    async def import_file(
+        self,
+        user_id: str,
+        new: NewFile,
+        file_id: str,
+        size: int,
+        sha256: str,
+        now: float,
+        retention: float,
+        limits: Limits = ...,
+    ) -> Claim: ...
     async def record_hits(self, hits: Iterable[Hit]) -> None: ...
     async def mark_ready(
         self, file_id: str, size: int, sha256: str, now: float, retention: float, tokens: int | None = None

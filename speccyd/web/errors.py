@@ -22,6 +22,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # its own code (validation names the rule that failed). A subclass not listed takes its base class's row.
 DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
     generation.InvalidRequest: (400, None),
+    generation.InvalidAudio: (400, "invalid_audio"),
     security.InvalidKey: (400, "invalid_openai_token"),
     security.NotSignedIn: (401, "unauthorized"),
     security.BadAuthorization: (401, "invalid_authorization"),
@@ -36,6 +37,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
     generation.FileExpired: (410, "expired"),
     storage.CursorTooOld: (410, "cursor_expired"),
     generation.GenerationFailed: (410, "generation_failed"),
+    generation.AudioTooLarge: (413, "audio_too_large"),
     security.RateLimited: (429, "rate_limited"),
     security.TooManyFailedSignIns: (429, "too_many_failed_sign_ins"),
     generation.DailyQuotaExceeded: (429, "quota_exceeded"),

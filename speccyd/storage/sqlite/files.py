@@ -62,6 +62,25 @@ def _check_limits(db: sqlite3.Connection, user_id: str, characters: int, default
             raise LimitReached("max_files", limits.max_files, files, first_expiry)
 
 
+def _check_room(db: sqlite3.Connection, user_id: str, size: int, defaults: Limits, now: float) -> None:
+    """Storage and file limits for a file of `size` bytes that exists already (an import): it must fit whole."""
+    row = db.execute(
+        "SELECT limit_daily_chars, limit_storage_bytes, limit_max_files FROM users WHERE id = ?", (user_id,)
+    ).fetchone()
+    limits = LimitOverrides(*row).apply(defaults) if row is not None else defaults
+    if not (limits.storage_bytes or limits.max_files):
+        return
+    files, stored, first_expiry = db.execute(
+        "SELECT count(*), coalesce(sum(size_bytes), 0), min(expires_at) FROM audio_files "
+        "WHERE user_id = ? AND (status = 'generating' OR (status = 'ready' AND expires_at > ?))",
+        (user_id, now),
+    ).fetchone()
+    if limits.storage_bytes and stored + size > limits.storage_bytes:
+        raise LimitReached("storage", limits.storage_bytes, stored, first_expiry)
+    if limits.max_files and files + 1 > limits.max_files:
+        raise LimitReached("max_files", limits.max_files, files, first_expiry)
+
+
 def _purge_where(f: PurgeFilter, now: float) -> tuple[str, list[Any]]:
     if f.all:
         return "1", []
@@ -158,6 +177,64 @@ class FileQueries(Engine):
             return Claim(row, created=True, replaced=old)
 
         return await self.write(claim)
+
+    async def import_file(
+        self,
+        user_id: str,
+        new: NewFile,
+        file_id: str,
+        size: int,
+        sha256: str,
+        now: float,
+        retention: float,
+        limits: Limits = NO_LIMITS,
+    ) -> Claim:
+        """Register audio that is already stored under `file_id` as a ready file of this user, atomically.
+
+        The same rules as `claim`: ready and unexpired audio for this content is kept (its expiry moves to
+        now + retention) and returned with created=False, as is a generation in flight; the caller then
+        removes the audio it stored. Otherwise the file must fit the user's storage and file limits whole
+        (LimitReached), and a new ready row replaces a failed or expired one (`replaced`). No usage is
+        recorded: an import is neither a generation nor a cache hit.
+        """
+
+        def store(db: sqlite3.Connection) -> Claim:
+            if db.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id)).rowcount == 0:
+                raise UnknownUser(user_id)
+            old = file_row(
+                db.execute(
+                    f"SELECT {FILE_COLUMNS} FROM audio_files WHERE user_id = ? AND content_hash = ?",
+                    (user_id, new.content_hash),
+                ).fetchone()
+            )
+            if old is not None and old.status == "generating":
+                return Claim(old, created=False, replaced=None)
+            if old is not None and old.status == "ready" and not old.is_expired(now):
+                expires = max(old.expires_at, now + retention)
+                db.execute("UPDATE audio_files SET expires_at = ?, updated_at = ? WHERE id = ?", (expires, now, old.id))
+                return Claim(FileRow(**{**old.__dict__, "expires_at": expires, "updated_at": now}), False, None)
+            _check_room(db, user_id, size, limits, now)
+            if old is not None:
+                db.execute("DELETE FROM audio_files WHERE id = ?", (old.id,))
+            row = FileRow(
+                id=file_id,
+                user_id=user_id,
+                status="ready",
+                characters=len(new.text),
+                size_bytes=size,
+                sha256=sha256,
+                error=None,
+                created_at=now,
+                updated_at=now,
+                expires_at=now + retention,
+                **new.__dict__,
+            )
+            db.execute(
+                f"INSERT INTO audio_files ({FILE_COLUMNS}) VALUES ({_PLACEHOLDERS})", tuple(row.__dict__.values())
+            )
+            return Claim(row, created=True, replaced=old)
+
+        return await self.write(store)
 
     async def record_hits(self, hits: Iterable[Hit]) -> None:
         """Write cache hits answered from memory: expiry bumps, last-seen times and usage records."""
