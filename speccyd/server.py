@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 
 from speccyd import __version__
 from speccyd.app import apply_reload, create_app
 from speccyd.appkeys import ANNOUNCER
 from speccyd.config.settings import Settings, SettingsError, load_settings
 from speccyd.security.tls import server_context
+from speccyd.web.protocol import SpeccyRunner
 
 log = logging.getLogger("speccyd")
 
@@ -82,20 +82,6 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-class MalformedRequestFilter(logging.Filter):
-    """A malformed request is the client's fault: one info line instead of a traceback per request, so no
-    one on the LAN can flood the log by sending garbage."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.exc_info = record.exc_text = None
-            record.msg = "rejected a malformed request from %s: HTTP %d"
-            record.args = (*(record.args if isinstance(record.args, tuple) else ()), error.code)
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 def raise_open_file_limit() -> None:
     """Every connection costs a file descriptor; use all the system allows before refusing clients."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -119,7 +105,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # The SDK's HTTP client logs request lines (with our headers at debug); keep it at warnings.
     for noisy in ("httpx", "httpx2", "openai", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 async def _serve(settings: Settings) -> None:
@@ -132,7 +117,7 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, app, settings)
-    runner = web.AppRunner(
+    runner = SpeccyRunner(
         app,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("speccyd.access"),

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from speccyd.app import create_app
 from speccyd.cli import app as cli
 from speccyd.config.settings import load_settings
-from tests.conftest import TEST_OVERRIDES, AppClient, generate, invoke, sign_in, wait_status
+from tests.conftest import TEST_OVERRIDES, AppClient, app_server, generate, invoke, sign_in, wait_status
 
 MakeClient = Callable[..., Awaitable[AppClient]]
 
@@ -40,7 +40,7 @@ async def cli_ok(*args: str) -> str:
 
 async def restored_client(aiohttp_client: Any, restored: Path, upstream_url: str) -> AppClient:
     settings = load_settings(restored, {**TEST_OVERRIDES, "openai_base_url": upstream_url}, env={})
-    client: AppClient = await aiohttp_client(create_app(settings))
+    client: AppClient = await aiohttp_client(app_server(create_app(settings)))
     return client
 
 

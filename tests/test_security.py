@@ -235,7 +235,7 @@ async def test_odd_ids_in_every_path_parameter(client: AppClient, odd: str) -> N
 
 
 async def test_oversized_body_is_413_in_the_envelope(client: AppClient) -> None:
-    """A body over 1 MiB is refused with 413 before it is parsed."""
+    """A body over the body limit is refused with 413 before it is parsed."""
     alice = await sign_in(client)
     body = json.dumps({"text": "a" * (2 * 1024 * 1024)}).encode()
     json_type = {"Content-Type": "application/json"}
@@ -247,13 +247,15 @@ async def test_oversized_body_is_413_in_the_envelope(client: AppClient) -> None:
 
 
 async def test_oversized_headers_and_urls_are_refused_without_a_traceback(client: AppClient) -> None:
-    """Headers or URLs past aiohttp's 8 KiB line limit get a plain 400 (before speccyd sees them), no 5xx."""
+    """Headers or URLs past aiohttp's 8 KiB line limit get a 400 in the JSON envelope, no 5xx, no traceback."""
     for kwargs in ({"headers": {"X-Big": "a" * 100_000}}, {"headers": {f"X-{i}": "a" for i in range(300)}}):
         response = await client.get("/healthz", **kwargs)  # type: ignore[arg-type]
         assert response.status == 400
         assert "Traceback" not in await response.text()
+        assert (await _envelope(response))["code"] == "bad_request"
     response = await client.get("/healthz?" + "a" * 100_000)
     assert response.status == 400
+    assert (await _envelope(response))["code"] == "bad_request"
 
 
 # --- rate limits and SSRF ---

@@ -120,3 +120,15 @@ def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max
         instructions = instructions or None
     # Rounded as the content hash rounds it, so the upstream hears exactly what the hash names.
     return SpeechRequest(text, voice, model, fmt, round(float(speed), 2), instructions)
+
+
+# JSON's longest spelling of one character is a surrogate pair of escapes, "\ud83d\ude00": 12 bytes.
+_MAX_JSON_BYTES_PER_CHAR = 12
+# The other fields, their names, quotes and a little whitespace.
+_BODY_SLACK = 64 * 1024
+
+
+def max_body_bytes(max_text_chars: int) -> int:
+    """The request body limit: a text of `max_text_chars` characters with the longest instructions fits in it
+    however its JSON is encoded (escapes and surrogate pairs included)."""
+    return _MAX_JSON_BYTES_PER_CHAR * (max_text_chars + MAX_INSTRUCTIONS) + _BODY_SLACK
