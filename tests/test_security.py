@@ -108,6 +108,78 @@ async def test_signed_url_cannot_be_moved_to_another_file(client: AppClient) -> 
     assert (await client.get(mine["url"])).status == 200
 
 
+async def test_a_bogus_signature_answers_the_same_for_an_existing_and_an_unknown_id(client: AppClient) -> None:
+    """No existence oracle: a forged signature gets the same status and body whether the file id exists or not."""
+    alice = await sign_in(client)
+    mine = await _ready_file(client, alice)
+    exp = int(time.time()) + 3600
+    answers = []
+    for file_id in (mine["file_id"], "0" * 32, "f" * 32):
+        for sig in ("forged", "A" * 43, ""):
+            response = await client.get(f"/files/{file_id}?exp={exp}&sig={sig}")
+            answers.append((response.status, await _envelope(response)))
+    assert {json.dumps(a, sort_keys=True) for a in answers} == {
+        json.dumps((401, {"code": "invalid_signature", "message": "file URL signature is not valid"}), sort_keys=True)
+    }
+
+
+@pytest.mark.parametrize("sig", ["%C3%A9t%C3%A9", "%E2%9C%93" * 10, "%FF%FE", "abc%00def", "%F0%9F%98%80"])
+async def test_a_non_ascii_signature_is_401_not_500(client: AppClient, sig: str) -> None:
+    """A signature with non-ASCII (or undecodable) characters is a 401 in the envelope, never a 500."""
+    alice = await sign_in(client)
+    mine = await _ready_file(client, alice)
+    for file_id in (mine["file_id"], "0" * 32):
+        response = await client.get(yarl.URL(f"/files/{file_id}?exp={int(time.time()) + 60}&sig={sig}", encoded=True))
+        assert response.status == 401
+        assert (await _envelope(response))["code"] == "invalid_signature"
+
+
+@pytest.mark.parametrize("exp", ["%D9%A1" * 10, "%EF%BC%91" * 10, "1_9999999999", "+9999999999", "%209999999999"])
+async def test_only_ascii_digits_are_an_expiry(client: AppClient, settings: Settings, exp: str) -> None:
+    """Full-width or Arabic-Indic digits, underscores, signs and spaces in exp are refused, even when Python's
+    int() would read them as the signed number."""
+    alice = await sign_in(client)
+    mine = await _ready_file(client, alice)
+    user_id = (await (await client.post("/auth/verify", json={"openai_token": "sk-test-alice"})).json())["user_id"]
+    sig = ServerSecrets.load(settings.secrets_dir).sign_file_url(mine["file_id"], user_id, 9999999999)
+    assert (await client.get(f"/files/{mine['file_id']}?exp=9999999999&sig={sig}")).status == 200
+    response = await client.get(yarl.URL(f"/files/{mine['file_id']}?exp={exp}&sig={sig}", encoded=True))
+    assert response.status == 401
+    assert (await _envelope(response))["code"] == "invalid_signature"
+
+
+async def test_a_valid_session_decides_over_an_expired_signed_url(client: AppClient, settings: Settings) -> None:
+    """With a valid session header, an expired signed URL does not matter: a live file is served, an expired
+    one is 410, another user's file is 404."""
+    alice, bob = await sign_in(client, "sk-test-alice"), await sign_in(client, "sk-test-bob")
+    mine = await _ready_file(client, alice)
+    query = f"exp={int(time.time()) - 60}&sig=whatever"
+    response = await client.get(f"/files/{mine['file_id']}?{query}", headers=alice)
+    assert response.status == 200
+    assert len(await response.read()) > 0
+    response = await client.get(f"/files/{mine['file_id']}?{query}", headers=bob)
+    assert response.status == 404
+    response = await client.get(
+        f"/files/{mine['file_id']}?{mine['url'].split('?', 1)[1]}", headers={"Authorization": "Bearer x"}
+    )
+    assert response.status == 401 and (await _envelope(response))["code"] == "invalid_session"
+    unknown = await client.get(f"/files/{'0' * 32}?{query}", headers=alice)
+    assert unknown.status == 404
+
+
+async def test_a_session_with_an_expired_url_gets_410_for_expired_audio(make_client: MakeClient) -> None:
+    """An expired file asked for with a valid session and an expired URL is 410 expired, not 401."""
+    client = await make_client(retention="1s")
+    alice = await sign_in(client)
+    mine = await _ready_file(client, alice)
+
+    async def expired() -> bool:
+        response = await client.get(f"/files/{mine['file_id']}?exp=1&sig=x", headers=alice)
+        return response.status == 410 and (await _envelope(response))["code"] == "expired"
+
+    await eventually(expired, timeout=10, what="the audio to expire")
+
+
 # --- session tokens ---
 
 

@@ -95,4 +95,7 @@ class ServerSecrets:
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def check_file_url(self, file_id: str, user_id: str, expires: int, signature: str) -> bool:
+        # compare_digest raises TypeError for a str that is not ASCII: a signature ours never is.
+        if not signature.isascii():
+            return False
         return hmac.compare_digest(self.sign_file_url(file_id, user_id, expires), signature)

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from speccyd.appkeys import BLOBS, DATABASE, FILES, GENERATE_LIMIT, RUNNER, SETTINGS
-from speccyd.generation.errors import InvalidRequest
+from speccyd.appkeys import BLOBS, DATABASE, FILES, GENERATE_LIMIT, METRICS, RUNNER, SETTINGS
+from speccyd.generation.errors import FileNotFound, InvalidRequest
 from speccyd.generation.speech import MODELS, VOICES, parse_speech_request
 from speccyd.media.formats import CONTENT_TYPES
 from speccyd.security.errors import RateLimited
@@ -20,7 +20,7 @@ from speccyd.storage.records import FileRow
 from speccyd.web.auth import require_user_or_key
 from speccyd.web.common import json_body
 from speccyd.web.errors import ApiError
-from speccyd.web.streaming import stream_live
+from speccyd.web.streaming import audio_response, stream_live, whole_file_request
 
 routes = web.RouteTableDef()
 
@@ -96,6 +96,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
     wait = request.app[GENERATE_LIMIT].take(user_id)
     if wait:
         raise RateLimited(wait)
+    whole = whole_file_request(request)  # before the body is read: the audio answer ignores Range
     body = await json_body(request)
     settings = request.app[SETTINGS]
     try:
@@ -120,10 +121,16 @@ async def speech(request: web.Request) -> web.StreamResponse:
         if live.state == "generating" and live.length > 0:
             return await stream_live(request, live, row, {"X-Speccy-File-Id": row.id})
     row = await _wait_ready(request, row)
-    path = request.app[BLOBS].local_path(row.id, row.format)
-    if not path.is_file():  # purged between the status check and now
-        raise ApiError(409, "cancelled", "the audio was deleted while it was being sent")
-    return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[row.format], "X-Speccy-File-Id": row.id})
+    try:
+        return await audio_response(
+            whole,
+            request.app[METRICS],
+            request.app[BLOBS].local_path(row.id, row.format),
+            {"Content-Type": CONTENT_TYPES[row.format], "X-Speccy-File-Id": row.id},
+            conditional=False,  # the answer of a POST: Range and conditional headers do not apply
+        )
+    except FileNotFound:  # purged between the status check and now
+        raise ApiError(409, "cancelled", "the audio was deleted while it was being sent") from None
 
 
 def _model(model_id: str) -> dict[str, Any]:
