@@ -168,3 +168,43 @@ async def test_sweep_removes_orphans_and_temp_files(tmp_path: Path) -> None:
     assert await blobs.sweep({"a" * 32}) == 2
     assert blobs.path("a" * 32, "mp3").exists()
     assert not blobs.path("b" * 32, "mp3").exists()
+
+
+def _v1_hash(model: str, voice: str, fmt: str, speed: float, instructions: str | None, text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join([model, voice, fmt, f"{speed:.2f}", instructions or "", text]).encode()).hexdigest()
+
+
+async def test_migration_5_rehashes_every_file_idempotently(tmp_path: Path) -> None:
+    """A version-4 database's files get their v2 content hash once, each reported to sync as a change; running
+    the migration again changes nothing."""
+    from speccyd.storage.contenthash import content_hash_v2
+    from speccyd.storage.sqlite.migrations import _m5_content_hash_v2
+    from tests.conftest import old_database
+
+    path = tmp_path / "db.sqlite"
+    raw = old_database(path, 4)
+    raw.execute("INSERT INTO users (id, key_hash, key_enc, created_at, last_seen) VALUES ('u', 'h', x'00', 0, 0)")
+    rows = [
+        (f"{n:032x}", "gpt-4o-mini-tts", "coral", "opus", 0.5 + n % 3 / 4, f"instr\n{n}" if n % 2 else None,
+         f"text {n}\nline two ✓")
+        for n in range(20_000)
+    ]  # fmt: skip
+    raw.executemany(
+        "INSERT INTO audio_files (id, user_id, content_hash, status, model, voice, format, speed, instructions, "
+        "text, characters, created_at, updated_at, expires_at) "
+        "VALUES (?, 'u', ?, 'ready', ?, ?, ?, ?, ?, ?, 1, 0, 0, 9)",
+        [(r[0], _v1_hash(*r[1:]), *r[1:]) for r in rows],
+    )
+    clock_before = raw.execute("SELECT seq FROM change_clock").fetchone()[0]
+    raw.close()
+
+    db = SqliteDatabase(path)
+    stored = {r[0]: r[1] for r in db.connection.execute("SELECT id, content_hash FROM audio_files")}
+    assert stored == {r[0]: content_hash_v2(*r[1:]) for r in rows}
+    clock_after = db.connection.execute("SELECT seq FROM change_clock").fetchone()[0]
+    assert clock_after == clock_before + len(rows)  # every file is sent to syncing devices again
+    _m5_content_hash_v2(db.connection)  # again: nothing to change, no change numbers spent
+    assert db.connection.execute("SELECT seq FROM change_clock").fetchone()[0] == clock_after
+    await db.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from speccyd.generation.errors import InvalidRequest
 from speccyd.media.formats import FORMATS
 from speccyd.media.join import JOINABLE
+from speccyd.storage.contenthash import content_hash_v2
 from speccyd.storage.records import NewFile
 
 VOICES = (
@@ -22,10 +22,8 @@ MAX_INSTRUCTIONS = 4096
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
-def content_hash(model: str, voice: str, fmt: str, speed: float, instructions: str | None, text: str) -> str:
-    """Lowercase hex SHA-256 of the request's fields joined by newlines; apps compute it offline too."""
-    joined = "\n".join([model, voice, fmt, f"{speed:.2f}", instructions or "", text])
-    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+# The current content hash (storage/contenthash.py, README "The content hash"); apps compute it offline too.
+content_hash = content_hash_v2
 
 
 @dataclass(frozen=True)
