@@ -208,3 +208,23 @@ async def test_migration_5_rehashes_every_file_idempotently(tmp_path: Path) -> N
     _m5_content_hash_v2(db.connection)  # again: nothing to change, no change numbers spent
     assert db.connection.execute("SELECT seq FROM change_clock").fetchone()[0] == clock_after
     await db.close()
+
+
+def test_migration_5_survives_duplicate_content(tmp_path: Path) -> None:
+    """Two rows of one user with the same content (only a crafted file has them) leave one row, not a crash."""
+    from tests.conftest import old_database
+
+    path = tmp_path / "db.sqlite"
+    raw = old_database(path, 4)
+    raw.execute("INSERT INTO users (id, key_hash, key_enc, created_at, last_seen) VALUES ('u', 'h', x'00', 0, 0)")
+    for n in range(3):
+        raw.execute(
+            "INSERT INTO audio_files (id, user_id, content_hash, status, model, voice, format, speed, text, "
+            "characters, created_at, updated_at, expires_at) "
+            "VALUES (?, 'u', ?, 'ready', 'tts-1', 'alloy', 'mp3', 1.0, 'same', 4, 0, 0, 9)",
+            (f"{n:032x}", f"{n:064x}"),
+        )
+    raw.close()
+    db = SqliteDatabase(path)
+    assert db.connection.execute("SELECT count(*) FROM audio_files").fetchone()[0] == 1
+    db.shutdown()

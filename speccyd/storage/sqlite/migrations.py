@@ -159,21 +159,29 @@ def _m5_content_hash_v2(db: sqlite3.Connection) -> None:
     take about three seconds. Each changed row takes a new change number (the seq trigger), so syncing devices
     are sent every file again with its new hash. Tombstones keep the hash they were written with.
     """
-    last = -1
-    # In rowid batches, each read whole before its updates: a statement still reading a table that the same
-    # connection updates gives undefined results in SQLite.
-    while batch := db.execute(
-        "SELECT rowid, id, model, voice, format, speed, instructions, text, content_hash FROM audio_files "
-        "WHERE rowid > ? ORDER BY rowid LIMIT 1000",
-        (last,),
-    ).fetchall():
-        last = batch[-1][0]
+    # In change order, so the new change numbers keep the order devices saw; in batches, each read whole
+    # before its updates (a statement still reading a table the same connection updates is undefined).
+    ids = [r[0] for r in db.execute("SELECT id FROM audio_files ORDER BY seq, rowid")]
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        fields = {
+            r[0]: r[1:]
+            for r in db.execute(
+                "SELECT id, model, voice, format, speed, instructions, text, content_hash FROM audio_files "
+                f"WHERE id IN ({', '.join('?' * len(batch))})",
+                batch,
+            )
+        }
         changed = [
-            (new, file_id)
-            for _, file_id, model, voice, fmt, speed, instructions, text, old in batch
-            if (new := content_hash_v2(model, voice, fmt, speed, instructions, text)) != old
+            (new, file_id) for file_id in batch if (new := content_hash_v2(*fields[file_id][:6])) != fields[file_id][6]
         ]
-        db.executemany("UPDATE audio_files SET content_hash = ? WHERE id = ?", changed)
+        # Two rows of one user with the same content cannot both exist (v1 hashed the same content alike), but
+        # a hand-edited or crafted file must not stop the server from starting: the later duplicate goes
+        # (its audio, without a row, is swept at start).
+        updated = db.executemany("UPDATE OR IGNORE audio_files SET content_hash = ? WHERE id = ?", changed).rowcount
+        if updated < len(changed):
+            for new, file_id in changed:
+                db.execute("DELETE FROM audio_files WHERE id = ? AND content_hash != ?", (file_id, new))
 
 
 # Append only: a migration that has shipped is never edited, and its position is its version.
