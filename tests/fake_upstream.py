@@ -115,6 +115,7 @@ class FakeUpstream:
     revoked: set[str] = field(default_factory=set)
     models_status: int | None = None  # answer /models with this status instead
     faults: deque[Fault] = field(default_factory=deque)
+    refuse_all: Fault | None = None  # every speech request without a queued fault gets this one (kept)
     calls: list[Call] = field(default_factory=list)
     # While cleared, speech requests wait: a test holds a generation "in flight" as long as it needs.
     gate: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,7 +140,7 @@ class FakeUpstream:
             if fault.match is None or fault.match in text:
                 self.faults.remove(fault)
                 return fault
-        return None
+        return self.refuse_all
 
     @staticmethod
     def audio_for(body: dict[str, Any], size: int) -> bytes:

@@ -132,16 +132,16 @@ def _limit(value: object) -> int:
 
 
 def _price(value: object) -> float:
-    """US dollars per million characters."""
+    """US dollars per million characters (or tokens)."""
     if isinstance(value, bool):
-        raise ValueError("expected a price in USD per million characters")
+        raise ValueError("expected a price in USD (per million characters or tokens)")
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"expected a price in USD per million characters, got {value!r}") from None
+            raise ValueError(f"expected a price in USD (per million characters or tokens), got {value!r}") from None
     if not isinstance(value, int | float) or value < 0 or value != value:
-        raise ValueError("expected a price of 0 or more USD per million characters")
+        raise ValueError("expected a price of 0 or more USD")
     return float(value)
 
 
@@ -215,7 +215,13 @@ SPECS: dict[str, Spec] = {
     "price_tts_1": Spec(_price, "15", "USD per million characters for tts-1 (cost estimates only)."),
     "price_tts_1_hd": Spec(_price, "30", "USD per million characters for tts-1-hd (cost estimates only)."),
     "price_gpt_4o_mini_tts": Spec(
-        _price, "15", "Estimated USD per million characters for gpt-4o-mini-tts (billed per token; an estimate)."
+        _price, "15", "Estimated USD per million characters for gpt-4o-mini-tts when its tokens are not known."
+    ),
+    "price_gpt_4o_mini_tts_input_tokens": Spec(
+        _price, "0.6", "USD per million text input tokens for gpt-4o-mini-tts (when the upstream reports them)."
+    ),
+    "price_gpt_4o_mini_tts_output_tokens": Spec(
+        _price, "12", "USD per million audio output tokens for gpt-4o-mini-tts (when the upstream reports them)."
     ),
     "min_free_disk": Spec(parse_size, "1GB", "/healthz fails when the data dir's disk has less free space."),
     "metrics": Spec(_switch, "off", "Serve Prometheus metrics at GET /metrics on the main port (on/off)."),
@@ -265,6 +271,8 @@ class Settings:
     price_tts_1: float
     price_tts_1_hd: float
     price_gpt_4o_mini_tts: float
+    price_gpt_4o_mini_tts_input_tokens: float
+    price_gpt_4o_mini_tts_output_tokens: float
     min_free_disk: int
     metrics: bool
     metrics_listen: str

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speccyd.generation.errors import InvalidRequest
-from speccyd.media.formats import FORMATS
+from speccyd.media.formats import FORMATS, estimated_audio_bytes
 from speccyd.media.join import JOINABLE
 from speccyd.storage.contenthash import content_hash_v2
 from speccyd.storage.records import NewFile
@@ -49,6 +49,7 @@ class SpeechRequest:
             speed=self.speed,
             instructions=self.instructions,
             text=self.text,
+            reserved_bytes=estimated_audio_bytes(self.format, self.speed, len(self.text)),
         )
 
 

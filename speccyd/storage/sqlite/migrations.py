@@ -184,6 +184,58 @@ def _m5_content_hash_v2(db: sqlite3.Connection) -> None:
                 db.execute("DELETE FROM audio_files WHERE id = ? AND content_hash != ?", (file_id, new))
 
 
+def _m6_accounting_v2(db: sqlite3.Connection) -> None:
+    """Usage that counts from the moment text goes upstream, daily roll-ups, reservations and token counts.
+
+    - usage_log is rebuilt (a CHECK cannot be altered in SQLite) with kind 'failed' (sent upstream, no audio),
+      the file it is about (its tokens and its fate are written to it later) and input/output tokens.
+    - usage_daily holds whole UTC days of usage summed per user, model and kind; the cleanup moves raw rows
+      older than yesterday into it, so reports read a few rows per day instead of one per request.
+    - audio_files.reserved_bytes: the expected size of audio still being generated (storage_quota);
+      input_tokens/output_tokens: what the upstream billed for it, when it said.
+    """
+    statements = [
+        """CREATE TABLE usage_log_v2 (
+            id INTEGER PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('generated', 'failed', 'cache_hit')),
+            model TEXT NOT NULL,
+            characters INTEGER NOT NULL,
+            tokens INTEGER,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            file_id TEXT
+        )""",
+        """INSERT INTO usage_log_v2 (id, user_id, at, kind, model, characters, tokens)
+            SELECT id, user_id, at, kind, model, characters, tokens FROM usage_log""",
+        "DROP TABLE usage_log",
+        "ALTER TABLE usage_log_v2 RENAME TO usage_log",
+        "CREATE INDEX usage_log_user_at ON usage_log(user_id, at)",
+        "CREATE INDEX usage_log_at ON usage_log(at)",
+        "CREATE INDEX usage_log_file ON usage_log(file_id) WHERE file_id IS NOT NULL",
+        """CREATE TABLE usage_daily (
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            day INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('generated', 'failed', 'cache_hit')),
+            events INTEGER NOT NULL,
+            characters INTEGER NOT NULL,
+            tokens INTEGER,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            tokened_characters INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, day, model, kind)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX usage_daily_day ON usage_daily(day)",
+        "ALTER TABLE audio_files ADD COLUMN reserved_bytes INTEGER",
+        "ALTER TABLE audio_files ADD COLUMN input_tokens INTEGER",
+        "ALTER TABLE audio_files ADD COLUMN output_tokens INTEGER",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only: a migration that has shipped is never edited, and its position is its version.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m1_initial,
@@ -191,5 +243,6 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m3_accounting,
     _m4_failure_codes,
     _m5_content_hash_v2,
+    _m6_accounting_v2,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -104,7 +104,7 @@ class UserQueries(Engine):
             )
             return [UserInfo(r[0], r[1], r[2], r[3], r[4], r[5], LimitOverrides(r[6], r[7], r[8])) for r in rows]
 
-        return await self.read(infos)
+        return await self.report(infos)
 
     async def user_overrides(self, user_id: str) -> LimitOverrides:
         row = await self.read(

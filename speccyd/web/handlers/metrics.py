@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -11,8 +13,9 @@ from speccyd.generation.costs import WINDOW_30D, price_table, summarize
 routes = web.RouteTableDef()
 
 
-async def scrape(app: web.Application) -> web.Response:
-    """Refresh the gauges that live in the database, then render every metric."""
+async def _refresh(app: web.Application) -> None:
+    """The gauges that live in the database: two reads on the report reader (the 30-day ratio over daily
+    roll-ups and two days of raw usage), so a scrape never queues in front of a request's lookup."""
     metrics, files = app[METRICS], app[FILES]
     count, size = await files.storage_totals()
     metrics.files_stored.set(count)
@@ -21,6 +24,15 @@ async def scrape(app: web.Application) -> web.Response:
     lines = await files.usage_lines(app[CLOCK].now() - WINDOW_30D)
     ratio = summarize(lines, price_table(app[SETTINGS])).cache_hit_ratio
     metrics.cache_hit_ratio.set(ratio or 0.0)
+
+
+async def scrape(app: web.Application) -> web.Response:
+    """Refresh the gauges that live in the database, then render every metric."""
+    metrics = app[METRICS]
+    # Scrapes arriving while a refresh runs share it: a scraper in a tight loop costs one refresh at a time.
+    if metrics.refreshing is None or metrics.refreshing.done():
+        metrics.refreshing = asyncio.ensure_future(_refresh(app))
+    await asyncio.shield(metrics.refreshing)
     metrics.jobs_running.set(app[RUNNER].running)
     # Content-Type carries parameters (version, charset), so it goes in as a header, not content_type=.
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
