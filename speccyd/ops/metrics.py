@@ -51,6 +51,7 @@ class Metrics:
         self.active_streams = Gauge("speccyd_active_streams", "Audio downloads being sent right now.", registry=r)
         self.jobs_running = Gauge("speccyd_generations_running", "Generations in progress.", registry=r)
         self.refreshing: asyncio.Future[None] | None = None  # the database gauges' refresh under way
+        self.ratio_at: float | None = None  # when the cache hit ratio was last computed (monotonic)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

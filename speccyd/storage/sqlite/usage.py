@@ -47,28 +47,25 @@ class UsageQueries(Engine):
     async def usage_lines(self, since: float, user_id: str | None = None) -> list[UsageLine]:
         """Usage since `since`, summed per user, model and kind: raw events since then, and every rolled-up
         day that the window touches."""
-        return await self.report(
-            lambda db: [
-                UsageLine(*r)
-                for r in db.execute(
-                    """
-                    SELECT user_id, model, kind, sum(events), sum(characters), sum(tokens), sum(input_tokens),
-                        sum(output_tokens), sum(tokened_characters)
-                    FROM (
-                        SELECT user_id, model, kind, 1 AS events, characters, tokens, input_tokens, output_tokens,
-                            CASE WHEN input_tokens IS NULL THEN 0 ELSE characters END AS tokened_characters
-                        FROM usage_log WHERE at >= ? AND (? IS NULL OR user_id = ?)
-                        UNION ALL
-                        SELECT user_id, model, kind, events, characters, tokens, input_tokens, output_tokens,
-                            tokened_characters
-                        FROM usage_daily WHERE day > ? - 86400 AND (? IS NULL OR user_id = ?)
-                    )
-                    GROUP BY user_id, model, kind ORDER BY user_id, model, kind
-                    """,
-                    (since, user_id, user_id, since, user_id, user_id),
-                )
-            ]
-        )
+        # One user's lines read through (user_id, at) and the daily key; a server-wide report through the
+        # time indexes. ("? IS NULL OR user_id = ?" would keep SQLite from using either.)
+        mine = "AND user_id = ?" if user_id is not None else ""
+        args = (since, user_id, since, user_id) if user_id is not None else (since, since)
+        query = f"""
+            SELECT user_id, model, kind, sum(events), sum(characters), sum(tokens), sum(input_tokens),
+                sum(output_tokens), sum(tokened_characters)
+            FROM (
+                SELECT user_id, model, kind, 1 AS events, characters, tokens, input_tokens, output_tokens,
+                    CASE WHEN input_tokens IS NULL THEN 0 ELSE characters END AS tokened_characters
+                FROM usage_log WHERE at >= ? {mine}
+                UNION ALL
+                SELECT user_id, model, kind, events, characters, tokens, input_tokens, output_tokens,
+                    tokened_characters
+                FROM usage_daily WHERE day > ? - {DAY} {mine}
+            )
+            GROUP BY user_id, model, kind ORDER BY user_id, model, kind
+        """
+        return await self.report(lambda db: [UsageLine(*r) for r in db.execute(query, args)])
 
     async def roll_up_usage(self, before: float, limit: int) -> int:
         """Move at most `limit` raw usage rows from before `before` into their days; how many moved.
