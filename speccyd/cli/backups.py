@@ -43,7 +43,7 @@ def restore(
     """Check a backup's integrity and restore it into a new or empty data dir."""
     from speccyd.config.settings import default_data_dir
     from speccyd.storage.backup import BackupError
-    from speccyd.storage.backup import restore as run_restore
+    from speccyd.storage.restore import restore as run_restore
 
     target = data_dir or default_data_dir()
     try:
