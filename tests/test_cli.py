@@ -142,3 +142,36 @@ def test_init_force_asks_first(tmp_path: Path) -> None:
     result = run_cli("init", "--force", data_dir=data, input="n\n")
     assert result.returncode != 0
     assert (data / "secrets" / "session.key").read_bytes() == before
+
+
+async def test_a_rotation_cut_off_by_a_crash_is_finished_or_forgotten(tmp_path: Path) -> None:
+    """New secrets left beside the old ones by a crash are put in place if the database already holds the keys
+    re-encrypted under them, and discarded if it does not: either way every stored key stays readable."""
+    from speccyd.config.settings import load_settings
+    from speccyd.security.crypto import ServerSecrets
+    from speccyd.security.provision import SECRETS_FINGERPRINT, init_data_dir
+    from speccyd.storage.database import open_database
+
+    settings = load_settings(tmp_path / "data", env={})
+    await init_data_dir(settings)
+    old = ServerSecrets.load(settings.secrets_dir)
+    db = open_database(settings)
+    user = await db.upsert_user(old.key_lookup_hash("sk-k"), lambda uid: old.encrypt_key("sk-k", uid), 1.0)
+    # Crash after the transaction: the database names the new secrets, the files are still *.next.
+    new = ServerSecrets.generate()
+    new.save_as(settings.secrets_dir / "session.key.next", settings.secrets_dir / "encryption.key.next")
+    await db.rewrap_user_keys([(user, new.key_lookup_hash("sk-k"), new.encrypt_key("sk-k", user))],
+                              (SECRETS_FINGERPRINT, new.fingerprint))  # fmt: skip
+    await db.close()
+    await init_data_dir(settings)
+    assert ServerSecrets.load(settings.secrets_dir).fingerprint == new.fingerprint
+    assert sorted(p.name for p in settings.secrets_dir.iterdir()) == ["encryption.key", "session.key"]
+    db = open_database(settings)
+    assert new.decrypt_key((await db.user_keys())[0][1], user) == "sk-k"
+    # Crash before the transaction: the new files exist, the database does not name them.
+    newer = ServerSecrets.generate()
+    newer.save_as(settings.secrets_dir / "session.key.next", settings.secrets_dir / "encryption.key.next")
+    await db.close()
+    await init_data_dir(settings)
+    assert ServerSecrets.load(settings.secrets_dir).fingerprint == new.fingerprint
+    assert sorted(p.name for p in settings.secrets_dir.iterdir()) == ["encryption.key", "session.key"]

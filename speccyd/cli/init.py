@@ -25,7 +25,7 @@ def init(
     import asyncio
 
     from speccyd.security.provision import init_data_dir
-    from speccyd.storage.datadir import is_initialized
+    from speccyd.storage.datadir import DataDirBusy, is_initialized
     from speccyd.storage.errors import StoreError
 
     settings = settings_for(data_dir)
@@ -33,6 +33,8 @@ def init(
         typer.confirm("Regenerate the server secrets? Every device will have to sign in again", abort=True)
     try:
         report = asyncio.run(init_data_dir(settings, force=force))
+    except DataDirBusy as e:
+        fail(f"cannot regenerate the secrets: {e} (a running server keeps the old secrets until it stops)")
     except (StoreError, OSError) as e:
         fail(str(e))
     for path in report.created:

@@ -26,11 +26,12 @@ def serve(
         fail(str(e))
     from speccyd.security.crypto import SecretsError
     from speccyd.server import serve as run_server
+    from speccyd.storage.datadir import DataDirBusy
     from speccyd.storage.errors import StoreError
 
     try:
         run_server(settings)
-    except (StoreError, SecretsError, TLSError) as e:
+    except (StoreError, SecretsError, TLSError, DataDirBusy) as e:
         fail(str(e))
     except OSError as e:
         fail(f"cannot serve on {settings.host}:{settings.port}: {e.strerror or e}")

@@ -76,13 +76,16 @@ class UserQueries(Engine):
     async def user_keys(self) -> list[tuple[str, bytes]]:
         return await self.read(lambda db: [(r[0], bytes(r[1])) for r in db.execute("SELECT id, key_enc FROM users")])
 
-    async def rewrap_user_keys(self, rows: list[tuple[str, str, bytes]]) -> None:
-        """Replace (user_id, key_hash, key_enc) for every user in one transaction (secret rotation)."""
-        await self.write(
-            lambda db: db.executemany(
-                "UPDATE users SET key_hash = ?, key_enc = ? WHERE id = ?", [(h, e, u) for u, h, e in rows]
-            )
-        )
+    async def rewrap_user_keys(self, rows: list[tuple[str, str, bytes]], meta: tuple[str, str] | None = None) -> None:
+        """Replace (user_id, key_hash, key_enc) for every user in one transaction (secret rotation), with a
+        meta (key, value) written in the same transaction."""
+
+        def rewrap(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE users SET key_hash = ?, key_enc = ? WHERE id = ?", [(h, e, u) for u, h, e in rows])
+            if meta is not None:
+                set_meta(db, *meta)
+
+        await self.write(rewrap)
 
     async def find_users(self, prefix: str) -> list[str]:
         return await self.read(
