@@ -554,10 +554,40 @@ async def test_upstream_error_echoing_the_key_is_redacted(
     fake.faults.append(Fault(status=401, message=f"Incorrect API key provided: {key}. Find yours at ..."))
     _, body = await generate(client, headers, text="echo")
     failed = await wait_status(client, headers, body["content_hash"], "failed")
-    assert failed["error"] == "upstream error 401: Incorrect API key provided: sk-[redacted] Find yours at ..."
+    assert failed["error"] == "upstream error 401: Incorrect API key provided: [redacted]. Find yours at ..."
     for path in settings.data_dir.rglob("*"):
         if path.is_file():
             assert b"0123456789abcdef" not in path.read_bytes(), path
+
+
+KEY_SHAPES = ["local-test-Zq9.x/y+z=_secret-42", "local-test-" + "A" * 40, "sk-test-with spaces? no-dots.only"]
+
+
+@pytest.mark.parametrize("key", KEY_SHAPES, ids=["punctuated", "long", "odd"])
+async def test_the_exact_key_sent_upstream_is_cut_from_every_stored_or_logged_message(
+    client: AppClient, fake: FakeUpstream, settings: Settings, caplog: pytest.LogCaptureFixture, key: str
+) -> None:
+    """Whatever its shape, the key speccyd sent is removed from upstream messages: the stored error, the
+    status and /v1 answers, the 502 of a sign-in the upstream could not check, and the log."""
+    if " " in key:
+        key = key.replace(" ", "-")
+    headers = await sign_in(client, key)
+    fake.faults.append(Fault(status=400, message=f"bad request from {key}; key={key}"))
+    _, body = await generate(client, headers, text="echo my key")
+    failed = await wait_status(client, headers, body["content_hash"], "failed")
+    assert key not in failed["error"] and "[redacted]" in failed["error"]
+    fake.faults.append(Fault(status=403, message=f"{key} may not use this model"))
+    speech = {"model": "tts-1", "voice": "alloy", "input": "v1 echo"}
+    answer = await client.post("/v1/audio/speech", json=speech, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status == 403 and key not in await answer.text()
+    fake.models_status, fake.echo_key = 500, True
+    unchecked = await client.post("/auth/verify", json={"openai_token": key + "-other"})
+    assert unchecked.status == 502 and key not in await unchecked.text()
+    assert key not in caplog.text
+    await client.close()
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
 
 
 # --- the endpoints added after the core: library, /v1, live streams, key cache, metrics, backups ---
