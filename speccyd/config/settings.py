@@ -145,6 +145,25 @@ def _price(value: object) -> float:
     return float(value)
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/@-]{0,99}")
+OPENAI_MODELS = "tts-1, tts-1-hd, gpt-4o-mini-tts"
+OPENAI_VOICES = "alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, verse, marin, cedar"
+
+
+def _names(value: object, *, allow_empty: bool = False) -> tuple[str, ...]:
+    """Model or voice names, as a TOML list or a comma-separated string; each a plain token."""
+    items = value if isinstance(value, list) else value.split(",") if isinstance(value, str) else None
+    if items is None or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of names, as a TOML list or separated by commas")
+    names = tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a usable name (letters, digits and . _ : + / @ -, at most 100)")
+    if not names and not allow_empty:
+        raise ValueError("expected at least one name")
+    return names
+
+
 def _log_format(value: object) -> str:
     if not isinstance(value, str) or value.strip().lower() not in {"text", "json"}:
         raise ValueError(f"expected 'text' or 'json', got {value!r}")
@@ -207,6 +226,12 @@ SPECS: dict[str, Spec] = {
         parse_duration, "5m", "How long an OpenAI key checked for /v1 requests is trusted before asking again."
     ),
     "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its first audio bytes."),
+    # --- what the upstream offers (another OpenAI-compatible server: Kokoro-FastAPI, speaches, LocalAI) ---
+    "models": Spec(_names, OPENAI_MODELS, "Models requests may name (OpenAI's dated snapshots of them too)."),
+    "voices": Spec(_names, OPENAI_VOICES, "Voices requests may name (the upstream's own voice names)."),
+    "instruction_models": Spec(
+        lambda v: _names(v, allow_empty=True), "gpt-4o-mini-tts", "Models that take `instructions` (empty: none)."
+    ),
     # --- running it for a household (docs/operations.md) ---
     "log_format": Spec(_log_format, "text", "'text' for people, 'json' for one JSON object per line."),
     "daily_char_quota": Spec(_limit, "0", "Characters each user may have generated per UTC day; 0 or 'off' for none."),
@@ -264,6 +289,9 @@ class Settings:
     chunk_concurrency: int
     key_cache_ttl: float
     speech_wait: float
+    models: tuple[str, ...]
+    voices: tuple[str, ...]
+    instruction_models: tuple[str, ...]
     log_format: str
     daily_char_quota: int
     storage_quota: int

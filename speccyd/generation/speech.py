@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from speccyd.config.settings import Settings
 from speccyd.generation.errors import InvalidRequest
 from speccyd.media.formats import FORMATS, estimated_audio_bytes
 from speccyd.media.join import JOINABLE
 from speccyd.storage.contenthash import content_hash_v2
 from speccyd.storage.records import NewFile
 
+# OpenAI's, the defaults of the `voices`, `models` and `instruction_models` settings (config/settings.py).
 VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "fable", "nova",
     "onyx", "sage", "shimmer", "verse", "marin", "cedar",
@@ -20,6 +23,33 @@ MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 INSTRUCTION_MODELS = ("gpt-4o-mini-tts",)  # tts-1 and tts-1-hd ignore instructions; refuse instead
 MAX_INSTRUCTIONS = 4096
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
+# OpenAI's dated snapshots: "gpt-4o-mini-tts-2025-12-15" is gpt-4o-mini-tts as of that day.
+_SNAPSHOT = re.compile(r"(.+)-(\d{4})-(\d{2})-(\d{2})")
+
+
+@dataclass(frozen=True)
+class SpeechChoices:
+    """What a request may name: the models and voices of the upstream, and which models take instructions."""
+
+    models: tuple[str, ...] = MODELS
+    voices: tuple[str, ...] = VOICES
+    instruction_models: tuple[str, ...] = INSTRUCTION_MODELS
+
+    @classmethod
+    def of(cls, settings: Settings) -> SpeechChoices:
+        return cls(settings.models, settings.voices, settings.instruction_models)
+
+    def base_model(self, model: str) -> str | None:
+        """The listed model `model` names (itself, or the model a dated snapshot is of); None if none."""
+        if model in self.models:
+            return model
+        match = _SNAPSHOT.fullmatch(model)
+        if match is not None and match.group(1) in self.models:
+            return match.group(1)
+        return None
+
+
+DEFAULT_CHOICES = SpeechChoices()
 
 
 # The current content hash (storage/contenthash.py, README "The content hash"); apps compute it offline too.
@@ -73,7 +103,12 @@ def _bad_instructions(message: str) -> InvalidRequest:
     return InvalidRequest("invalid_instructions", message, "instructions")
 
 
-def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max_chars: int = 4096) -> SpeechRequest:
+def parse_speech_request(
+    body: dict[str, Any],
+    max_text_chars: int,
+    upstream_max_chars: int = 4096,
+    choices: SpeechChoices = DEFAULT_CHOICES,
+) -> SpeechRequest:
     """Validate a generate request; each rule fails with its own error code.
 
     Text longer than `upstream_max_chars` is split and its audio joined, which only some formats allow.
@@ -85,13 +120,20 @@ def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max
         raise InvalidRequest("invalid_text", "text must be valid Unicode (it has a lone surrogate)", "text")
     if len(text) > max_text_chars:
         raise InvalidRequest("text_too_long", f"text is {len(text)} characters; the limit is {max_text_chars}", "text")
-    voice = _choice(body, "voice", "alloy", VOICES, "invalid_voice")
-    model = _choice(body, "model", "tts-1", MODELS, "invalid_model")
+    # Defaults: the first of each list (alloy and tts-1 for OpenAI's).
+    voice = _choice(body, "voice", choices.voices[0], choices.voices, "invalid_voice")
+    model_value = body.get("model", choices.models[0])
+    base = choices.base_model(model_value) if isinstance(model_value, str) else None
+    if base is None:
+        raise InvalidRequest(
+            "invalid_model", f"model must be one of: {', '.join(choices.models)} (or a dated snapshot of one)", "model"
+        )
+    model = str(model_value)
     fmt = _choice(body, "format", "mp3", FORMATS, "invalid_format")
     if len(text) > upstream_max_chars and fmt not in JOINABLE:
         raise InvalidRequest(
             "format_not_joinable",
-            f"{fmt} audio is limited to {upstream_max_chars} characters of text (it cannot be joined from parts); "
+            f"format {fmt} cannot be joined from parts, so its text is limited to {upstream_max_chars} characters; "
             f"this text is {len(text)}: use one of {', '.join(JOINABLE)} for long text",
             "format",
         )
@@ -112,9 +154,11 @@ def parse_speech_request(body: dict[str, Any], max_text_chars: int, upstream_max
             raise InvalidRequest(
                 "invalid_instructions", f"instructions are limited to {MAX_INSTRUCTIONS} characters", "instructions"
             )
-        if model not in INSTRUCTION_MODELS:
+        if base not in choices.instruction_models:
             raise InvalidRequest(
-                "invalid_instructions", f"instructions only work with {', '.join(INSTRUCTION_MODELS)}", "instructions"
+                "invalid_instructions",
+                f"instructions only work with {', '.join(choices.instruction_models) or 'no model of this server'}",
+                "instructions",
             )
         instructions = instructions or None
     # Rounded as the content hash rounds it, so the upstream hears exactly what the hash names.

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from speccyd.appkeys import BLOBS, DATABASE, FILES, GENERATE_LIMIT, METRICS, RUNNER, SETTINGS
 from speccyd.generation.errors import FileNotFound, InvalidRequest
-from speccyd.generation.speech import MODELS, VOICES, parse_speech_request
+from speccyd.generation.speech import SpeechChoices, parse_speech_request
 from speccyd.media.formats import CONTENT_TYPES
 from speccyd.security.errors import RateLimited
 from speccyd.storage.records import FileRow
@@ -100,7 +100,9 @@ async def speech(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     settings = request.app[SETTINGS]
     try:
-        speech = parse_speech_request(_speccy_body(body), settings.max_text_chars, settings.upstream_max_chars)
+        speech = parse_speech_request(
+            _speccy_body(body), settings.max_text_chars, settings.upstream_max_chars, SpeechChoices.of(settings)
+        )
     except InvalidRequest as e:
         # The message and the field in OpenAI's names, which these clients know.
         param = _OPENAI_PARAM.get(e.param, e.param)
@@ -139,19 +141,22 @@ def _model(model_id: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def models(request: web.Request) -> web.Response:
-    """The text-to-speech models speccyd accepts (a fixed list: no upstream call, no sign-in)."""
-    return web.json_response({"object": "list", "data": [_model(m) for m in MODELS]})
+    """The text-to-speech models speccyd accepts (the `models` setting: no upstream call, no sign-in)."""
+    models = request.app[SETTINGS].models
+    return web.json_response({"object": "list", "data": [_model(m) for m in models]})
 
 
 @routes.get("/v1/models/{model}")
 async def model(request: web.Request) -> web.Response:
+    """One model, a dated snapshot of a listed one included."""
     model_id = request.match_info["model"]
-    if model_id not in MODELS:
+    if SpeechChoices.of(request.app[SETTINGS]).base_model(model_id) is None:
         raise ApiError(404, "model_not_found", f"the model '{model_id}' does not exist", param="model")
     return web.json_response(_model(model_id))
 
 
 @routes.get("/v1/audio/voices")
 async def voices(request: web.Request) -> web.Response:
-    """The voices speech requests may name."""
-    return web.json_response({"object": "list", "data": [{"id": v, "name": v.capitalize()} for v in VOICES]})
+    """The voices speech requests may name (the `voices` setting)."""
+    voices = request.app[SETTINGS].voices
+    return web.json_response({"object": "list", "data": [{"id": v, "name": v.capitalize()} for v in voices]})
