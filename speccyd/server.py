@@ -8,6 +8,7 @@ import logging
 import re
 import resource
 import signal
+import socket
 import sys
 from datetime import UTC, datetime
 
@@ -107,8 +108,36 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for host:port (every address the host resolves to), bound before the app starts:
+    a bad host or a port in use is then the one thing `serve` says, with nothing started or logged first."""
+    infos = dict.fromkeys(
+        (family, kind, proto, address)
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds on its own
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def _serve(settings: Settings) -> None:
     ssl_context = server_context(settings)  # before anything starts: a bad certificate is a clear error
+    sockets = bind_sockets(settings.host, settings.port)
     raise_open_file_limit()
     app = create_app(settings)
     # Handlers before start-up: a signal during start-up, or right after "listening" is logged, is graceful.
@@ -130,8 +159,8 @@ async def _serve(settings: Settings) -> None:
     await runner.setup()
     try:
         # With a certificate the port speaks HTTPS only: a plain-HTTP fallback would let a downgrade through.
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
-        await site.start()
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         scheme = "https" if ssl_context is not None else "http"
         for address in runner.addresses:
             host, port = address[0], address[1]

@@ -8,6 +8,7 @@ import typer
 
 from speccyd.cli.common import DataDir, fail, settings_for
 from speccyd.config.settings import Settings
+from speccyd.config.text import describe
 
 
 def init(
@@ -36,7 +37,7 @@ def init(
     except DataDirBusy as e:
         fail(f"cannot regenerate the secrets: {e} (a running server keeps the old secrets until it stops)")
     except (StoreError, OSError) as e:
-        fail(str(e))
+        fail(describe(e))
     for path in report.created:
         typer.echo(f"created {path}")
     if report.rotated_users is not None:
@@ -72,6 +73,6 @@ def _init_tls(settings: Settings, renew: bool) -> None:
         # Relative to the data dir, so the data dir can move (or be mounted elsewhere by systemd).
         set_config_values(settings.config_path, {"tls_cert": CERT_FILE, "tls_key": KEY_FILE})
     except (OSError, TLSError) as e:
-        fail(f"cannot set up TLS: {e}")
+        fail(f"cannot set up TLS: {describe(e)}")
     typer.echo(f"enabled HTTPS in {settings.config_path} (restart the server to use it)")
     typer.echo(f"SHA-256 fingerprint: {digest}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from speccyd.cli.common import DataDir, fail, settings_for
+from speccyd.config.text import describe
 
 
 def serve(
@@ -34,4 +35,4 @@ def serve(
     except (StoreError, SecretsError, TLSError, DataDirBusy) as e:
         fail(str(e))
     except OSError as e:
-        fail(f"cannot serve on {settings.host}:{settings.port}: {e.strerror or e}")
+        fail(f"cannot serve on {settings.host}:{settings.port}: {describe(e)}")

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from speccyd.config.settings import CONFIG_FILE, set_config_values
+from speccyd.config.text import describe
 from speccyd.media.formats import FORMATS
 from speccyd.storage.backup import (
     DB_NAME,
@@ -314,7 +315,7 @@ def _stage_archive(src: Path, staging: Path, free: int) -> None:
         with tarfile.open(src, "r:gz") as tar:  # a second pass: a .gz stream cannot seek back
             _extract(tar, names, staging)
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise BackupError(f"{src} is not a readable .tar.gz backup: {e}") from None
+        raise BackupError(f"{src} is not a readable .tar.gz backup: {describe(e)}") from None
 
 
 def _stage_directory(src: Path, staging: Path, free: int) -> None:
