@@ -51,7 +51,6 @@ from speccyd.security.sessions import Sessions
 from speccyd.security.signin import SignIn
 from speccyd.storage.blobs import open_blobs
 from speccyd.storage.database import open_database
-from speccyd.storage.datadir import data_dir_lock
 from speccyd.storage.sqlite import quarantine, quick_check
 from speccyd.web.handlers.metrics import metrics_app
 from speccyd.web.handlers.metrics import routes as metrics_routes
@@ -97,22 +96,20 @@ async def background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, clock = app[SETTINGS], app[CLOCK]
     app[STARTED_AT] = clock.now()
-    # Held while serving: a second server on this data dir, or `init --force` under this one, is refused.
-    with data_dir_lock(settings.data_dir):
-        fresh = set_aside_corrupt_database(settings)
-        await init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
-        app[SECRETS] = ServerSecrets.load(settings.secrets_dir)
-        app[SESSIONS] = Sessions(app[SECRETS], app[REVOCATIONS], clock)
-        db = open_database(settings)
-        app[DATABASE] = db
-        if fresh:  # sessions name users the new database does not have: end them all
-            await db.revoke_all_sessions(clock.now())
-        blobs = open_blobs(settings)
-        app[BLOBS] = blobs
-        # Files without a ready row are leftovers of a crash (or of a purge racing a generation).
-        await blobs.sweep(await db.ready_ids())
-        yield
-        await db.close()
+    fresh = set_aside_corrupt_database(settings)
+    await init_data_dir(settings)  # a no-op on an initialised data dir; creates everything on the first run
+    app[SECRETS] = ServerSecrets.load(settings.secrets_dir)
+    app[SESSIONS] = Sessions(app[SECRETS], app[REVOCATIONS], clock)
+    db = open_database(settings)
+    app[DATABASE] = db
+    if fresh:  # sessions name users the new database does not have: end them all
+        await db.revoke_all_sessions(clock.now())
+    blobs = open_blobs(settings)
+    app[BLOBS] = blobs
+    # Files without a ready row are leftovers of a crash (or of a purge racing a generation).
+    await blobs.sweep(await db.ready_ids())
+    yield
+    await db.close()
 
 
 async def revocations_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from speccyd.app import apply_reload, create_app
 from speccyd.appkeys import ANNOUNCER
 from speccyd.config.settings import Settings, SettingsError, load_settings
 from speccyd.security.tls import server_context
+from speccyd.storage.datadir import data_dir_lock
 from speccyd.web.protocol import SpeccyRunner
 
 log = logging.getLogger("speccyd")
@@ -209,4 +210,7 @@ def reload(app: web.Application, started: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_serve(settings))
+    # The data dir's lock, held while this process serves: a second server on it, or `init --force` under
+    # this one (which would leave this server on the old secrets), is refused (DataDirBusy).
+    with data_dir_lock(settings.data_dir):
+        asyncio.run(_serve(settings))

@@ -145,6 +145,8 @@ def parse_speech_request(
         raise InvalidRequest("invalid_speed", f"speed must be a number from {MIN_SPEED} to {MAX_SPEED}", "speed")
 
     instructions = body.get("instructions")
+    if instructions == "":
+        instructions = None  # "no instructions", with any model (an empty string changes nothing upstream)
     if instructions is not None:
         if not isinstance(instructions, str) or not _is_unicode(instructions):
             raise InvalidRequest(
@@ -160,7 +162,6 @@ def parse_speech_request(
                 f"instructions only work with {', '.join(choices.instruction_models) or 'no model of this server'}",
                 "instructions",
             )
-        instructions = instructions or None
     # Rounded as the content hash rounds it, so the upstream hears exactly what the hash names.
     return SpeechRequest(text, voice, model, fmt, round(float(speed), 2), instructions)
 

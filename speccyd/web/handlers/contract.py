@@ -16,7 +16,7 @@ from aiohttp import web
 
 from speccyd import __version__
 from speccyd.appkeys import SETTINGS
-from speccyd.generation.speech import MODELS, VOICES
+from speccyd.generation.speech import INSTRUCTION_MODELS, MODELS, VOICES
 
 routes = web.RouteTableDef()
 
@@ -36,18 +36,36 @@ def model_schema(models: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def instructions_rule(instruction_models: tuple[str, ...]) -> dict[str, Any]:
+    """JSON Schema's if/then for "instructions only with the models that take them" (and their snapshots)."""
+    then: Any = {"required": ["model"], "properties": {"model": model_schema(instruction_models)}}
+    if not instruction_models:
+        then = False
+    return {
+        "if": {"required": ["instructions"], "properties": {"instructions": {"type": "string", "minLength": 1}}},
+        "then": then,
+    }
+
+
 @functools.cache
-def openapi_document(models: tuple[str, ...] = MODELS, voices: tuple[str, ...] = VOICES) -> bytes:
+def openapi_document(
+    models: tuple[str, ...] = MODELS,
+    voices: tuple[str, ...] = VOICES,
+    instruction_models: tuple[str, ...] = INSTRUCTION_MODELS,
+) -> bytes:
     doc = json.loads(importlib.resources.files("speccyd").joinpath("openapi.json").read_bytes())
     doc["info"]["version"] = __version__
     schemas = doc["components"]["schemas"]
     schemas["Model"] = model_schema(models)
     schemas["Voice"] = {**schemas["Voice"], "enum": list(voices)}
+    for name in ("GenerateRequest", "SpeechRequest"):
+        schemas[name].update(instructions_rule(instruction_models))
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document: clients generate code from it (swift-openapi-generator, openapi-generator)."""
-    settings = request.app[SETTINGS]
-    return web.Response(body=openapi_document(settings.models, settings.voices), content_type="application/json")
+    s = request.app[SETTINGS]
+    body = openapi_document(s.models, s.voices, s.instruction_models)
+    return web.Response(body=body, content_type="application/json")
