@@ -19,10 +19,11 @@ from pathlib import Path
 from speccyd.config.settings import load_settings
 from speccyd.security.crypto import ServerSecrets
 from speccyd.security.provision import init_data_dir
-from speccyd.storage.backup import backup, restore
+from speccyd.storage.backup import backup
 from speccyd.storage.blobs import open_blobs
 from speccyd.storage.database import open_database
 from speccyd.storage.records import NewFile
+from speccyd.storage.restore import restore
 
 
 async def build(data: Path, files: int, size: int) -> None:

@@ -26,6 +26,7 @@ from speccyd.appkeys import BLOBS, DATABASE, SESSIONS
 from speccyd.generation.speech import content_hash
 from speccyd.storage.database import Database
 from speccyd.storage.records import NewFile
+from speccyd.web.protocol import SpeccyRunner
 
 FULL_SYNC_GOAL = 5.0  # seconds for a new device to sync 10,000 files in pages of 1000
 INCREMENTAL_GOAL = 0.05  # seconds (median) for a returning device to fetch a handful of changes
@@ -62,7 +63,7 @@ async def sync(
 async def run(count: int, limit: int, requests: int) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(bench_settings(Path(tmp) / "data", "http://127.0.0.1:9/v1"))  # upstream never called
-        runner = web.AppRunner(app, access_log=None)
+        runner = SpeccyRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, HOST, 0)
         await site.start()

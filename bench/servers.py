@@ -26,6 +26,7 @@ from speccyd.generation.cleanup import expire
 from speccyd.server import AccessLogger, configure_logging
 from speccyd.storage.records import NewFile
 from speccyd.storage.sqlite import SqliteDatabase
+from speccyd.web.protocol import SpeccyRunner
 
 HOST = "127.0.0.1"  # loopback only, always
 
@@ -62,8 +63,10 @@ async def _serve_until_stopped(runners: list[web.AppRunner], ports: dict[str, in
             await runner.cleanup()
 
 
-async def _start(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, handle_signals=False, **runner_options)
+async def _start(
+    app: web.Application, runner_class: type[web.AppRunner] = web.AppRunner, **runner_options: Any
+) -> tuple[web.AppRunner, int]:
+    runner = runner_class(app, handle_signals=False, **runner_options)
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
@@ -173,13 +176,14 @@ def control_app(speccyd: web.Application) -> web.Application:
 
 
 async def serve_speccyd(data_dir: Path, upstream_url: str) -> None:
-    """speccyd as `speccyd serve` runs it (speccyd.server._serve: same AppRunner options and access logger),
+    """speccyd as `speccyd serve` runs it (speccyd.server._serve: same runner, options and access logger),
     on port 0 so the bench learns the port from stdout rather than guessing a free one."""
     settings = bench_settings(data_dir, upstream_url)
     configure_logging(settings.log_level)
     app = create_app(settings)
     runner, port = await _start(
         app,
+        SpeccyRunner,  # the protocol speccyd serve runs: its refusals in JSON, no lingering, no inflating
         access_log_class=AccessLogger,
         access_log=logging.getLogger("speccyd.access"),
         shutdown_timeout=settings.shutdown_timeout,

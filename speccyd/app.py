@@ -38,6 +38,7 @@ from speccyd.generation.files import FileService
 from speccyd.generation.quotas import Quotas, limits_from
 from speccyd.generation.readycache import ReadyCache
 from speccyd.generation.runner import JobRunner
+from speccyd.generation.speech import max_body_bytes
 from speccyd.generation.upstream import Upstream
 from speccyd.ops.discovery import Announcer
 from speccyd.ops.metrics import Metrics
@@ -53,12 +54,11 @@ from speccyd.storage.database import open_database
 from speccyd.storage.sqlite import quarantine, quick_check
 from speccyd.web.handlers.metrics import metrics_app
 from speccyd.web.handlers.metrics import routes as metrics_routes
-from speccyd.web.middleware import error_middleware, metrics_middleware
+from speccyd.web.middleware import error_middleware, metrics_middleware, refuse_unreadable_bodies
+from speccyd.web.protocol import SpeccyRunner
 from speccyd.web.routes import setup_routes
 
 log = logging.getLogger(__name__)
-
-MAX_BODY = 1024 * 1024  # 1 MiB: a 100,000-character text is at most ~400 KB of JSON
 
 
 def set_aside_corrupt_database(settings: Settings) -> bool:
@@ -171,7 +171,7 @@ async def metrics_listener_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     host, port = split_listen(listen)
-    runner = web.AppRunner(metrics_app(app), access_log=None)
+    runner = SpeccyRunner(metrics_app(app), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -215,7 +215,10 @@ def create_app(settings: Settings, clock: Clock = SYSTEM_CLOCK) -> web.Applicati
     metrics = Metrics()
     # Counting every request costs a few microseconds on the hottest paths; only when someone can read it.
     middlewares = [metrics_middleware(metrics)] if settings.metrics or settings.metrics_listen else []
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[*middlewares, error_middleware])
+    app = web.Application(
+        client_max_size=max_body_bytes(settings.max_text_chars),
+        middlewares=[*middlewares, error_middleware, refuse_unreadable_bodies],
+    )
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[METRICS] = metrics

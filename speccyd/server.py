@@ -8,13 +8,13 @@ import logging
 import re
 import resource
 import signal
+import socket
 import ssl
 import sys
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 
 from speccyd import __version__
 from speccyd.app import apply_reload, create_app
@@ -22,6 +22,8 @@ from speccyd.appkeys import ANNOUNCER
 from speccyd.config.settings import Settings, SettingsError, load_settings
 from speccyd.ops.systemd import InheritedSocket, Notifier, listen_sockets, watchdog, watchdog_interval
 from speccyd.security.tls import server_context
+from speccyd.storage.datadir import data_dir_lock
+from speccyd.web.protocol import SpeccyRunner
 
 log = logging.getLogger("speccyd")
 
@@ -90,20 +92,6 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-class MalformedRequestFilter(logging.Filter):
-    """A malformed request is the client's fault: one info line instead of a traceback per request, so no
-    one on the LAN can flood the log by sending garbage."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.exc_info = record.exc_text = None
-            record.msg = "rejected a malformed request from %s: HTTP %d"
-            record.args = (*(record.args if isinstance(record.args, tuple) else ()), error.code)
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 def raise_open_file_limit() -> None:
     """Every connection costs a file descriptor; use all the system allows before refusing clients."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -127,7 +115,33 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     # The SDK's HTTP client logs request lines (with our headers at debug); keep it at warnings.
     for noisy in ("httpx", "httpx2", "openai", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for host:port (every address the host resolves to), bound before the app starts:
+    a bad host or a port in use is then the one thing `serve` says, with nothing started or logged first."""
+    infos = dict.fromkeys(
+        (family, kind, proto, address)
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds on its own
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 # After SIGTERM, a connection kept alive between requests gets this long to send one more request, which is
@@ -183,6 +197,7 @@ async def _serve(settings: Settings, early_signals: list[int] | None = None) -> 
         return
     inherited = listen_sockets()  # before anything else reads the environment: they are removed from it
     settings = _announced_address(settings, inherited)
+    own = [] if inherited else bind_sockets(settings.host, settings.port)
     notifier = Notifier()
     ping = watchdog_interval()
     ssl_context = server_context(settings)  # before anything starts: a bad certificate is a clear error
@@ -203,7 +218,7 @@ async def _serve(settings: Settings, early_signals: list[int] | None = None) -> 
         else:
             stop.set()
     watchdog_task = asyncio.create_task(watchdog(notifier, ping)) if ping is not None else None
-    runner = web.AppRunner(
+    runner = SpeccyRunner(
         app,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("speccyd.access"),
@@ -220,7 +235,7 @@ async def _serve(settings: Settings, early_signals: list[int] | None = None) -> 
             if stop.is_set():
                 log.info("stop requested during start-up; not serving")
             else:
-                await _start_sites(runner, settings, inherited, ssl_context)
+                await _start_sites(runner, settings, inherited, own, ssl_context)
                 announcer = app.get(ANNOUNCER)
                 port = _tcp_port(runner, inherited)
                 if announcer is not None and port is not None:
@@ -244,7 +259,11 @@ async def _serve(settings: Settings, early_signals: list[int] | None = None) -> 
 
 
 async def _start_sites(
-    runner: web.AppRunner, settings: Settings, inherited: list[InheritedSocket], ssl_context: ssl.SSLContext | None
+    runner: web.AppRunner,
+    settings: Settings,
+    inherited: list[InheritedSocket],
+    own: list[socket.socket],
+    ssl_context: ssl.SSLContext | None,
 ) -> None:
     # With a certificate the port speaks HTTPS only: a plain-HTTP fallback would let a downgrade through.
     scheme = "https" if ssl_context is not None else "http"
@@ -264,7 +283,8 @@ async def _start_sites(
                 passed.fd,
             )
         return
-    await web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context).start()
+    for sock in own:
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     for address in runner.addresses:
         log.info(
             "speccyd %s listening on %s (data dir %s)",
@@ -325,4 +345,7 @@ def reload(app: web.Application, started: Settings, notifier: Notifier | None = 
 
 def serve(settings: Settings, early_signals: list[int] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_serve(settings, early_signals))
+    # The data dir's lock, held while this process serves: a second server on it, or `init --force` under
+    # this one (which would leave this server on the old secrets), is refused (DataDirBusy).
+    with data_dir_lock(settings.data_dir):
+        asyncio.run(_serve(settings, early_signals))

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from click.testing import Result
 from typer.testing import CliRunner
 
@@ -25,6 +26,7 @@ from speccyd.config.clock import SYSTEM_CLOCK, Clock
 from speccyd.config.settings import Settings, load_settings
 from speccyd.storage.sqlite import SqliteDatabase
 from speccyd.storage.sqlite.migrations import MIGRATIONS
+from speccyd.web.protocol import SpeccyRunner
 from tests.clock import FakeClock
 from tests.fake_upstream import CLIP_RATE, FakeUpstream, ffmpeg_available, make_clips
 
@@ -40,6 +42,17 @@ TEST_OVERRIDES: dict[str, object] = {
     "rate_limit": "off",
     "upstream_timeout": "5s",
 }
+
+
+class SpeccyTestServer(TestServer):
+    """aiohttp's test server, under speccyd's own runner (its protocol answers as `speccyd serve` does)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return SpeccyRunner(self.app, **kwargs)
+
+
+def app_server(app: web.Application) -> BaseTestServer:
+    return SpeccyTestServer(app, host="127.0.0.1")
 
 
 @pytest.fixture
@@ -83,7 +96,7 @@ async def make_client(
     aiohttp_client: Callable[..., Awaitable[AppClient]], make_settings: Callable[..., Settings]
 ) -> Callable[..., Awaitable[AppClient]]:
     async def make(clock: Clock = SYSTEM_CLOCK, **overrides: object) -> AppClient:
-        return await aiohttp_client(create_app(make_settings(**overrides), clock))
+        return await aiohttp_client(app_server(create_app(make_settings(**overrides), clock)))
 
     return make
 

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 
 GOOD_KEY_PREFIX = "sk-test-"
+# Other OpenAI-compatible servers hand out keys of other shapes (LocalAI, vLLM, a proxy's own tokens).
+OTHER_GOOD_KEY_PREFIX = "local-test-"
 
 
 @dataclass
@@ -114,7 +116,9 @@ class FakeUpstream:
     chunk_delay: float = 0.0  # between chunks
     revoked: set[str] = field(default_factory=set)
     models_status: int | None = None  # answer /models with this status instead
+    echo_key: bool = False  # quote the caller's key in /models errors, as some servers quote it in theirs
     faults: deque[Fault] = field(default_factory=deque)
+    refuse_all: Fault | None = None  # every speech request without a queued fault gets this one (kept)
     calls: list[Call] = field(default_factory=list)
     # While cleared, speech requests wait: a test holds a generation "in flight" as long as it needs.
     gate: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,7 +143,7 @@ class FakeUpstream:
             if fault.match is None or fault.match in text:
                 self.faults.remove(fault)
                 return fault
-        return None
+        return self.refuse_all
 
     @staticmethod
     def audio_for(body: dict[str, Any], size: int) -> bytes:
@@ -152,7 +156,7 @@ class FakeUpstream:
         return header[7:] if header.startswith("Bearer ") else None
 
     def _auth_error(self, key: str | None) -> web.Response | None:
-        if key is None or not key.startswith(GOOD_KEY_PREFIX) or key in self.revoked:
+        if key is None or not key.startswith((GOOD_KEY_PREFIX, OTHER_GOOD_KEY_PREFIX)) or key in self.revoked:
             return _error(401, "Incorrect API key provided", "invalid_api_key")
         return None
 
@@ -160,7 +164,8 @@ class FakeUpstream:
         key = self._key(request)
         self.calls.append(Call(request.path, key, None))
         if self.models_status is not None:
-            return _error(self.models_status, "models are unavailable")
+            echo = f" (key {key})" if self.echo_key else ""
+            return _error(self.models_status, f"models are unavailable{echo}")
         denied = self._auth_error(key)
         if denied is not None:
             return denied

@@ -142,3 +142,104 @@ def test_init_force_asks_first(tmp_path: Path) -> None:
     result = run_cli("init", "--force", data_dir=data, input="n\n")
     assert result.returncode != 0
     assert (data / "secrets" / "session.key").read_bytes() == before
+
+
+async def test_a_rotation_cut_off_by_a_crash_is_finished_or_forgotten(tmp_path: Path) -> None:
+    """New secrets left beside the old ones by a crash are put in place if the database already holds the keys
+    re-encrypted under them, and discarded if it does not: either way every stored key stays readable."""
+    from speccyd.config.settings import load_settings
+    from speccyd.security.crypto import ServerSecrets
+    from speccyd.security.provision import SECRETS_FINGERPRINT, init_data_dir
+    from speccyd.storage.database import open_database
+
+    settings = load_settings(tmp_path / "data", env={})
+    await init_data_dir(settings)
+    old = ServerSecrets.load(settings.secrets_dir)
+    db = open_database(settings)
+    user = await db.upsert_user(old.key_lookup_hash("sk-k"), lambda uid: old.encrypt_key("sk-k", uid), 1.0)
+    # Crash after the transaction: the database names the new secrets, the files are still *.next.
+    new = ServerSecrets.generate()
+    new.save_as(settings.secrets_dir / "session.key.next", settings.secrets_dir / "encryption.key.next")
+    await db.rewrap_user_keys([(user, new.key_lookup_hash("sk-k"), new.encrypt_key("sk-k", user))],
+                              (SECRETS_FINGERPRINT, new.fingerprint))  # fmt: skip
+    await db.close()
+    await init_data_dir(settings)
+    assert ServerSecrets.load(settings.secrets_dir).fingerprint == new.fingerprint
+    assert sorted(p.name for p in settings.secrets_dir.iterdir()) == ["encryption.key", "session.key"]
+    db = open_database(settings)
+    assert new.decrypt_key((await db.user_keys())[0][1], user) == "sk-k"
+    # Crash before the transaction: the new files exist, the database does not name them.
+    newer = ServerSecrets.generate()
+    newer.save_as(settings.secrets_dir / "session.key.next", settings.secrets_dir / "encryption.key.next")
+    await db.close()
+    await init_data_dir(settings)
+    assert ServerSecrets.load(settings.secrets_dir).fingerprint == new.fingerprint
+    assert sorted(p.name for p in settings.secrets_dir.iterdir()) == ["encryption.key", "session.key"]
+
+
+# --- one readable line for every refusal (issue 11) ---
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    """An unknown option, a missing argument or a bad value is one `error:` line naming the command's help."""
+    for args in (["purge", "--bogus"], ["backup"], ["users", "limit"], ["say", "x", "--speed", "fast"]):
+        result = run_cli(*args, data_dir=None)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_contradictory_purge_options_are_refused(tmp_path: Path) -> None:
+    """--all with --expired, --user or --older-than is refused before anything is read or removed."""
+    data = tmp_path / "data"
+    run_cli("init", data_dir=data)
+    for extra in (["--expired"], ["--user", "abc"], ["--older-than", "3d"]):
+        result = run_cli("purge", "--all", *extra, "--yes", data_dir=data)
+        assert result.returncode == 2 and "cannot be combined" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_os_errors_are_sentences(tmp_path: Path) -> None:
+    """A file-system error reads as a sentence naming the path, never Python's "[Errno N] ...: '...'"."""
+    data = tmp_path / "data"
+    run_cli("init", data_dir=data)
+    results = [
+        run_cli("backup", "/proc/no/such/place", data_dir=data),
+        run_cli("restore", str(tmp_path / "nothing.tar.gz"), data_dir=tmp_path / "restored"),
+        run_cli("serve", "--host", "no-such-host.invalid", "--port", "0", data_dir=data),
+    ]
+    for result in results:
+        assert result.returncode != 0
+        assert "[Errno" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_serve_with_a_bad_host_says_only_that(tmp_path: Path) -> None:
+    """`serve` on a host that does not resolve prints its one error line and nothing before it: the address is
+    bound before anything starts (no database opened, no job resumed, nothing logged)."""
+    data = tmp_path / "data"
+    result = run_cli("serve", "--host", "999.1.1.1", "--port", "0", data_dir=data)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot serve on 999.1.1.1:0: "), result.stderr
+    assert result.stdout == "" and not (data / "speccyd.db").exists()
+
+
+def test_say_to_an_unwritable_path_is_a_local_problem(tmp_path: Path) -> None:
+    """`say -o` into a directory that cannot be written says so, without trying (or blaming) the server."""
+    import os
+    import subprocess
+    import sys
+
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    env = {**os.environ, "OPENAI_API_KEY": "sk-test-say"}  # (root can write into a 0500 directory)
+    for output in (not_a_dir / "out.mp3", tmp_path / "missing-dir" / "out.mp3", tmp_path, Path("/proc/out.mp3")):
+        done = subprocess.run(
+            [sys.executable, "-m", "speccyd", "say", "hello", "--server", "http://127.0.0.1:9", "-o", str(output)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert "cannot reach" not in done.stderr and "cannot save the audio" in done.stderr, done.stderr
+        assert "[Errno" not in done.stderr

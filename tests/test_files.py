@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
 
@@ -188,3 +190,126 @@ async def test_odd_ids_are_404_json(client: AppClient) -> None:
         assert (await response.json())["error"]["code"] == "not_found"
     response = await client.delete("/tts/..%2Fsecrets", headers=headers)
     assert response.status == 404
+
+
+# --- Range and conditional requests (RFC 9110) ---
+
+
+async def _file_and_validators(client: AppClient) -> tuple[str, dict[str, str], str, str, bytes]:
+    headers = await sign_in(client)
+    ready = await _ready_file(client, headers)
+    url = f"/files/{ready['file_id']}"
+    response = await client.get(url, headers=headers)
+    return url, headers, response.headers["ETag"], response.headers["Last-Modified"], await response.read()
+
+
+async def test_a_range_in_another_unit_is_ignored(client: AppClient) -> None:
+    """Range: items=0-5 (or any unit but bytes) gets the whole file with 200, not 416."""
+    url, headers, _, _, full = await _file_and_validators(client)
+    for value in ("items=0-5", "pages=1", "none", "bytesx=0-5"):
+        response = await client.get(url, headers={**headers, "Range": value})
+        assert response.status == 200, value
+        assert await response.read() == full
+
+
+async def test_several_byte_ranges_get_the_whole_file(client: AppClient) -> None:
+    """A valid multi-range request (not served as multipart here) gets the whole file, not a 416."""
+    url, headers, _, _, full = await _file_and_validators(client)
+    response = await client.get(url, headers={**headers, "Range": "bytes=0-9, 20-29"})
+    assert response.status == 200
+    assert await response.read() == full
+
+
+async def test_if_range_that_is_neither_an_etag_nor_a_date_ignores_the_range(client: AppClient) -> None:
+    """An If-Range that is not an ETag or an HTTP date means the Range is ignored: 200 and the whole file."""
+    url, headers, etag, last_modified, full = await _file_and_validators(client)
+    for value in ("garbage", "tomorrow", "1764633507", etag.strip('"')):
+        response = await client.get(url, headers={**headers, "Range": "bytes=0-9", "If-Range": value})
+        assert response.status == 200, value
+        assert await response.read() == full
+    response = await client.get(url, headers={**headers, "Range": "bytes=0-9", "If-Range": last_modified})
+    assert response.status == 206
+    assert await response.read() == full[:10]
+    weak = await client.get(url, headers={**headers, "Range": "bytes=0-9", "If-Range": f"W/{etag}"})
+    assert weak.status == 200  # If-Range needs a strong match
+
+
+async def test_failed_preconditions_are_412_in_the_envelope(client: AppClient) -> None:
+    """A failed If-Match or If-Unmodified-Since is 412 precondition_failed in JSON; a passing one serves."""
+    url, headers, etag, last_modified, full = await _file_and_validators(client)
+    for condition in (
+        {"If-Match": '"other"'},
+        {"If-Match": f"W/{etag}"},  # If-Match compares strongly
+        {"If-Match": "garbage"},
+        {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"},
+        {"If-Match": '"other"', "If-Unmodified-Since": "Wed, 21 Oct 2099 07:28:00 GMT"},
+    ):
+        response = await client.get(url, headers={**headers, **condition})
+        assert response.status == 412, condition
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert (await response.json())["error"]["code"] == "precondition_failed"
+    for condition in (
+        {"If-Match": etag},
+        {"If-Match": "*"},
+        {"If-Match": f'"other", {etag}'},
+        {"If-Unmodified-Since": last_modified},  # our own Last-Modified must pass (one-second resolution)
+        {"If-Unmodified-Since": "not a date"},  # ignored, as RFC 9110 says
+    ):
+        response = await client.get(url, headers={**headers, **condition})
+        assert response.status == 200, condition
+        assert await response.read() == full
+
+
+async def test_not_modified_uses_the_validators_sent_with_the_file(client: AppClient) -> None:
+    """If-None-Match with the ETag, or If-Modified-Since with the Last-Modified sent, is 304 with no body."""
+    url, headers, etag, last_modified, _ = await _file_and_validators(client)
+    for condition in ({"If-None-Match": etag}, {"If-None-Match": f"W/{etag}"}, {"If-Modified-Since": last_modified}):
+        response = await client.get(url, headers={**headers, **condition})
+        assert response.status == 304, condition
+        assert await response.read() == b""
+    response = await client.get(
+        url, headers={**headers, "If-None-Match": '"other"', "If-Modified-Since": last_modified}
+    )
+    assert response.status == 200  # If-None-Match wins over If-Modified-Since
+
+
+async def test_head_ignores_range(client: AppClient) -> None:
+    """Range is defined for GET only: HEAD with a Range answers as for the whole file."""
+    url, headers, _, _, full = await _file_and_validators(client)
+    response = await client.head(url, headers={**headers, "Range": "bytes=0-9"})
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(len(full))
+
+
+async def test_openai_speech_ignores_range_and_conditionals(client: AppClient) -> None:
+    """POST /v1/audio/speech answers the whole audio whatever Range, If-Range or If-None-Match it carries."""
+    headers = await sign_in(client)
+    speech = {"model": "tts-1", "voice": "alloy", "input": "A whole answer."}
+    first = await client.post("/v1/audio/speech", json=speech, headers=headers)
+    full = await first.read()
+    assert first.status == 200 and full
+    for extra in ({"Range": "bytes=0-9"}, {"Range": "bytes=0-9", "If-Range": "garbage"}, {"If-None-Match": "*"}):
+        response = await client.post("/v1/audio/speech", json=speech, headers={**headers, **extra})
+        assert response.status == 200, extra
+        assert await response.read() == full
+
+
+async def test_a_get_racing_a_delete_never_gets_an_empty_audio_404(client: AppClient) -> None:
+    """Downloads racing their file's deletion get the whole audio or a JSON 404, never an empty audio/* 404."""
+    headers = await sign_in(client)
+    for n in range(20):
+        ready = await _ready_file(client, headers, text=f"race {n}")
+        url = f"/files/{ready['file_id']}"
+        gets = [asyncio.create_task(client.get(url, headers=headers)) for _ in range(5)]
+        await asyncio.sleep(0)
+        deleted = asyncio.create_task(client.delete(f"/tts/{ready['file_id']}", headers=headers))
+        gets += [asyncio.create_task(client.get(url, headers=headers)) for _ in range(5)]
+        for response in await asyncio.gather(*gets):
+            body = await response.read()
+            if response.status == 200:
+                assert len(body) == 4000
+            else:
+                assert response.status == 404, response.status
+                assert response.headers["Content-Type"].startswith("application/json")
+                assert json.loads(body)["error"]["code"] == "not_found"
+        assert (await deleted).status == 200

@@ -27,7 +27,10 @@ FUZZ = settings(
     database=None,
 )
 
-header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200)
+# All of Unicode in header values but control characters (the client library refuses to send them; the raw
+# socket tests send every byte instead) and lone surrogates (no UTF-8); queries take control characters too.
+header_text = st.text(st.characters(exclude_categories=("Cs", "Cc"), include_characters="\t"), max_size=200)
+query_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=200)
 # Lone surrogates included: JSON can carry them ("\ud800") and Python decodes them into str.
 any_text = st.text(st.characters(exclude_categories=()), max_size=300)
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | any_text
@@ -107,7 +110,7 @@ async def test_path_parameters(client: AppClient, segment: str, method: str) -> 
     authorization=header_text,
     range_header=range_headers,
     if_range=st.none() | header_text | st.sampled_from(["current", "Wed, 21 Oct 2099 07:28:00 GMT", 'W/"x"']),
-    query=st.dictionaries(st.sampled_from(["exp", "sig", "x"]), header_text, max_size=3),
+    query=st.dictionaries(st.sampled_from(["exp", "sig", "x"]), query_text, max_size=3),
 )
 async def test_headers_and_queries_on_downloads(
     client: AppClient, authorization: str, range_header: str, if_range: str | None, query: dict[str, str]
@@ -237,7 +240,7 @@ async def test_library_queries(client: AppClient, since: str, limit: str, extra:
 
 
 @FUZZ
-@given(segment=path_segment | hex_ids, query=st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=3))
+@given(segment=path_segment | hex_ids, query=st.dictionaries(query_text, query_text, max_size=3))
 async def test_meta_models_contract_and_metrics(make_client: Any, segment: str, query: dict[str, str]) -> None:
     """Any id in /files/{id}/meta and /v1/models/{id}, any query on /openapi.json and /metrics: no 5xx."""
     client = await _cached_client(make_client, metrics="on")

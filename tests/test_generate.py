@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from speccyd.config.settings import Settings
@@ -29,18 +30,78 @@ async def test_generate_then_download_exact_upstream_bytes(client: AppClient, fa
     assert await response.read() == expected
 
 
+def _documented_hash(model: str, voice: str, fmt: str, speed: float, instructions: str | None, text: str) -> str:
+    """README's encoding, written out again here: the tag, then each field as <byte length>:<bytes>,."""
+    import hashlib
+
+    fields = [model, voice, fmt, f"{speed:.2f}", instructions or "", text]
+    encoded = b"".join(str(len(f.encode())).encode() + b":" + f.encode() + b"," for f in fields)
+    return hashlib.sha256(b"speccyd content hash v2\n" + encoded).hexdigest()
+
+
+def _readme_vectors() -> list[tuple[tuple[str, str, str, float, str | None, str], str]]:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("<!-- content-hash-vectors -->")[1].split("<!-- /content-hash-vectors -->")[0]
+    vectors = []
+    for line in table.strip().splitlines()[2:]:
+        cells = [c.strip().strip("`").replace("\\n", "\n") for c in line.strip("|").split("|")]
+        model, voice, fmt, speed, instructions, text, digest = cells
+        vectors.append(
+            ((model, voice, fmt, float(speed), None if instructions == "none" else instructions, text), digest)
+        )
+    return vectors
+
+
+def test_content_hash_v2_matches_the_readme_test_vectors() -> None:
+    """Every README test vector is what speccyd computes and what README's description computes."""
+    vectors = _readme_vectors()
+    assert len(vectors) >= 5
+    for fields, digest in vectors:
+        assert content_hash(*fields) == digest, fields
+        assert _documented_hash(*fields) == digest, fields
+
+
+def test_requests_that_collided_in_v1_have_different_hashes() -> None:
+    """v1 joined fields with newlines, so a newline moved between instructions and text collided; v2 does not."""
+    import hashlib
+
+    a = ("gpt-4o-mini-tts", "coral", "opus", 0.5, "a\nb", "c")
+    b = ("gpt-4o-mini-tts", "coral", "opus", 0.5, "a", "b\nc")
+    v1 = ["\n".join([*f[:3], f"{f[3]:.2f}", f[4] or "", f[5]]) for f in (a, b)]
+    assert hashlib.sha256(v1[0].encode()).hexdigest() == hashlib.sha256(v1[1].encode()).hexdigest()
+    assert content_hash(*a) != content_hash(*b)
+    # Digits at a field's edge cannot move into the length either.
+    assert content_hash("tts-1", "alloy", "mp3", 1.0, "1", "2:x") != content_hash(
+        "tts-1", "alloy", "mp3", 1.0, "12", "x"
+    )
+
+
 async def test_content_hash_matches_documented_formula(client: AppClient) -> None:
-    """The content_hash in the response is the documented SHA-256 formula, computable offline."""
+    """The content_hash in the response is the documented v2 encoding, computable offline."""
     headers = await sign_in(client)
     _, body = await generate(
         client, headers, text="Hi", voice="nova", model="gpt-4o-mini-tts", format="wav", speed=1.25,
         instructions="cheerful",
     )  # fmt: skip
-    import hashlib
-
-    joined = "\n".join(["gpt-4o-mini-tts", "nova", "wav", "1.25", "cheerful", "Hi"])
-    assert body["content_hash"] == hashlib.sha256(joined.encode()).hexdigest()
+    assert body["content_hash"] == _documented_hash("gpt-4o-mini-tts", "nova", "wav", 1.25, "cheerful", "Hi")
     assert body["content_hash"] == content_hash("gpt-4o-mini-tts", "nova", "wav", 1.25, "cheerful", "Hi")
+
+
+async def test_requests_that_collided_in_v1_are_two_files(client: AppClient, fake: FakeUpstream) -> None:
+    """The old collision is two generations with their own parameters, never one request's cached audio."""
+    headers = await sign_in(client)
+    first_status, first = await generate(
+        client, headers, text="c", instructions="a\nb", model="gpt-4o-mini-tts", voice="coral"
+    )
+    await wait_status(client, headers, first["content_hash"])
+    second_status, second = await generate(
+        client, headers, text="b\nc", instructions="a", model="gpt-4o-mini-tts", voice="coral"
+    )
+    assert (first_status, second_status) == (202, 202)
+    assert first["file_id"] != second["file_id"] and first["content_hash"] != second["content_hash"]
+    await wait_status(client, headers, second["content_hash"])
+    sent = [(c.body or {}).get("input") for c in fake.speech_calls]
+    assert sent == ["c", "b\nc"]
 
 
 async def test_upstream_receives_the_requested_parameters(client: AppClient, fake: FakeUpstream) -> None:

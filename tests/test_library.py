@@ -248,16 +248,17 @@ async def test_upgrade_gives_existing_files_sequence_numbers(tmp_path: Path) -> 
         db.execute(
             "INSERT INTO audio_files (id, user_id, content_hash, status, model, voice, format, speed, text, "
             "characters, created_at, updated_at, expires_at) "
-            "VALUES (?, 'u1', ?, 'ready', 'tts-1', 'alloy', 'mp3', 1.0, 't', 1, ?, ?, 1e12)",
-            (f"{i:032x}", f"{i:064x}", created, created),
+            "VALUES (?, 'u1', ?, 'ready', 'tts-1', 'alloy', 'mp3', 1.0, ?, 1, ?, ?, 1e12)",
+            (f"{i:032x}", f"{i:064x}", f"t{i}", created, created),
         )
     db.close()
     store = SqliteDatabase(path)
     try:
         changes = await store.changes_since("u1", 0, 10)
         assert [row.created_at for _, row in changes.files] == [10.0, 20.0, 30.0]
-        assert [seq for seq, _ in changes.files] == [1, 2, 3]
-        assert changes.next_cursor == 3
+        # Numbered 1 to 3 by migration 2, then renumbered in the same order by migration 5's re-hash.
+        assert [seq for seq, _ in changes.files] == [4, 5, 6]
+        assert changes.next_cursor == 6
     finally:
         await store.close()
 

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from speccyd.app import create_app
 from speccyd.config.settings import Settings
 from tests.clock import FakeClock
-from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
+from tests.conftest import AppClient, app_server, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import FakeUpstream
 
 
@@ -71,14 +71,14 @@ async def test_interrupted_generation_resumes_after_restart(
     fake: FakeUpstream,
 ) -> None:
     """A generation cut off by shutdown is resumed at the next start and completes."""
-    first = await aiohttp_client(create_app(settings))
+    first = await aiohttp_client(app_server(create_app(settings)))
     headers = await sign_in(first)
     fake.gate.clear()
     _, body = await generate(first, headers)
     await eventually(lambda: len(fake.speech_calls) == 1, what="the upstream call")
     await first.close()  # the app's cleanup cancels the job; the row stays 'generating'
     fake.gate.set()
-    second = await aiohttp_client(create_app(settings))
+    second = await aiohttp_client(app_server(create_app(settings)))
     ready = await wait_status(second, headers, body["content_hash"])
     assert ready["file_id"] == body["file_id"]
     assert len(fake.speech_calls) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import openai
 import pytest
@@ -255,3 +256,76 @@ async def test_speech_streams_while_it_is_generated(client: AppClient, fake: Fak
     resume.set()
     rest = await response.read()
     assert first + rest == upstream_audio(fake)
+
+
+# --- any OpenAI-compatible upstream (issue 11) ---
+
+
+async def test_dated_model_snapshots_are_accepted(client: AppClient, fake: FakeUpstream) -> None:
+    """OpenAI's dated snapshots (gpt-4o-mini-tts-2025-12-15) are accepted, instructions included, and reach the
+    upstream as sent; anything else that merely starts like a model is refused."""
+    headers = await sign_in(client)
+    snapshot = "gpt-4o-mini-tts-2025-12-15"
+    response = await client.post(
+        "/tts/generate", json={"text": "Snap", "model": snapshot, "instructions": "calmly"}, headers=headers
+    )
+    assert response.status == 202, await response.text()
+    await eventually(lambda: fake.speech_calls, what="the upstream call")
+    assert (fake.speech_calls[0].body or {})["model"] == snapshot
+    assert (await client.get(f"/v1/models/{snapshot}")).status == 200
+    for bad in ("gpt-4o-mini-tts-latest", "gpt-4o-mini-tts-2025-12", "tts-1-2025-12-15x", "-2025-12-15"):
+        answer = await client.post("/tts/generate", json={"text": "x", "model": bad}, headers=headers)
+        assert answer.status == 400 and (await answer.json())["error"]["code"] == "invalid_model", bad
+        assert (await client.get(f"/v1/models/{bad}")).status == 404
+
+
+async def test_models_and_voices_are_settings(make_client: Any, fake: FakeUpstream) -> None:
+    """With Kokoro-FastAPI's names configured, requests use them, /v1/models, /v1/audio/voices and the served
+    OpenAPI document list them, and OpenAI's names are refused."""
+    client = await make_client(models="kokoro", voices="af_bella, af_sky+af_bella", instruction_models="")
+    headers = await sign_in(client)
+    response = await client.post("/tts/generate", json={"text": "Kokoro", "voice": "af_sky+af_bella"}, headers=headers)
+    assert response.status == 202, await response.text()
+    await eventually(lambda: fake.speech_calls, what="the upstream call")
+    assert {k: (fake.speech_calls[0].body or {})[k] for k in ("model", "voice")} == {
+        "model": "kokoro", "voice": "af_sky+af_bella"
+    }  # fmt: skip
+    for body, code in (
+        ({"text": "x", "voice": "alloy"}, "invalid_voice"),
+        ({"text": "x", "model": "tts-1"}, "invalid_model"),
+        ({"text": "x", "instructions": "softly"}, "invalid_instructions"),
+    ):
+        answer = await client.post("/tts/generate", json=body, headers=headers)
+        assert (await answer.json())["error"]["code"] == code
+    assert [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]] == ["kokoro"]
+    voices = [v["id"] for v in (await (await client.get("/v1/audio/voices")).json())["data"]]
+    assert voices == ["af_bella", "af_sky+af_bella"]
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["components"]["schemas"]["Voice"]["enum"] == voices
+    assert doc["components"]["schemas"]["Model"]["anyOf"][0]["enum"] == ["kokoro"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"voice": "alloy", "input": "x"}, "model"),
+        ({"model": "tts-1", "voice": "alloy"}, "input"),
+        ({"model": "tts-1", "input": "x"}, "voice"),
+        ({"model": "tts-1", "voice": "nobody", "input": "x"}, "voice"),
+        ({"model": "dall-e", "voice": "alloy", "input": "x"}, "model"),
+        ({"model": "tts-1", "voice": "alloy", "input": ""}, "input"),
+        ({"model": "tts-1", "voice": "alloy", "input": "x" * 100_001}, "input"),
+        ({"model": "tts-1", "voice": "alloy", "input": "x", "response_format": "ogg"}, "response_format"),
+        ({"model": "tts-1", "voice": "alloy", "input": "x" * 5000, "response_format": "opus"}, "response_format"),
+        ({"model": "tts-1", "voice": "alloy", "input": "x", "speed": 9}, "speed"),
+        ({"model": "tts-1", "voice": "alloy", "input": "x", "instructions": "softly"}, "instructions"),
+        ({"model": "tts-1", "voice": "alloy", "input": "x", "stream_format": "mp4"}, "stream_format"),
+    ],
+)
+async def test_every_field_error_names_its_param(client: AppClient, body: dict[str, Any], param: str) -> None:
+    """Each 400 about a field of /v1/audio/speech names it in OpenAI's `param`, by OpenAI's name for it."""
+    response = await client.post("/v1/audio/speech", json=body, headers={"Authorization": "Bearer sk-test-param"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == param, error
+    assert error["message"].startswith(param) or param in error["message"], error

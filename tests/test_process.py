@@ -195,3 +195,62 @@ async def test_healthcheck_command_and_quiet_health_probes(tmp_path: Path, upstr
     assert sick.stdout.startswith("503 ") and "min_free_disk" in sick.stdout
     assert await failing.stop() == 0
     assert "GET /healthz 503" in failing.log
+
+
+# --- rotating the secrets of a running server (issue 11) ---
+
+
+async def test_init_force_is_refused_while_a_server_serves_the_data_dir(tmp_path: Path, upstream_url: str) -> None:
+    """`init --force` against a running server's data dir is refused (naming the server's pid) and changes
+    nothing: sessions, signed URLs and user ids stay as they were; once the server stops it rotates."""
+    data = tmp_path / "data"
+    server = await start_server(data, upstream_url, tmp_path / "server.log")
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, server)
+            await api.sign_in()
+            _, file = await api.call("POST", "/tts/generate", json={"text": "Signed before."})
+            file = await api.wait_status(file["content_hash"])
+            secrets_before = {p.name: p.read_bytes() for p in (data / "secrets").iterdir()}
+            refused = await asyncio.to_thread(run_cli, "init", "--force", "--yes", data_dir=data)
+            assert refused.returncode == 1, refused.stdout
+            assert f"pid {server.process.pid}" in refused.stderr and "stop it first" in refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1
+            assert {p.name: p.read_bytes() for p in (data / "secrets").iterdir()} == secrets_before
+            assert (await api.call("GET", "/user/usage"))[0] == 200
+            async with session.get(f"{server.url}{file['url']}") as r:
+                assert r.status == 200
+            user_id = (await api.call("POST", "/auth/verify", json={"openai_token": "sk-test-alice"}))[1]["user_id"]
+        assert await server.stop() == 0
+        rotated = await asyncio.to_thread(run_cli, "init", "--force", "--yes", data_dir=data)
+        assert rotated.returncode == 0, rotated.stderr
+        await server.start()
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, server)
+            await api.sign_in()
+            assert (await api.call("POST", "/auth/verify", json={"openai_token": "sk-test-alice"}))[1]["user_id"] == (
+                user_id
+            )
+            async with session.get(f"{server.url}{file['url']}") as r:
+                assert r.status == 401  # the old signed URL ended with the old secrets
+    finally:
+        await server.kill(signal.SIGTERM)
+
+
+async def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path, upstream_url: str) -> None:
+    """A second `serve` on a data dir that a server uses exits 1 with one line naming the first; a killed
+    server leaves no lock behind."""
+    data = tmp_path / "data"
+    first = await start_server(data, upstream_url, tmp_path / "first.log")
+    try:
+        second = ServerProcess(data, upstream_url, tmp_path / "second.log")
+        with pytest.raises(AssertionError, match="exited with 1"):
+            await second.start(timeout=30)
+        assert f"pid {first.process.pid}" in second.log and "Traceback" not in second.log
+        assert [line for line in second.log.splitlines() if line.startswith("error:")] == [
+            line for line in second.log.splitlines() if line.strip() and "speccyd.access" not in line
+        ][-1:]
+    finally:
+        await first.kill()  # SIGKILL: the kernel drops the lock with the process
+    again = await asyncio.to_thread(run_cli, "init", "--force", "--yes", data_dir=data)
+    assert again.returncode == 0, again.stderr

@@ -189,3 +189,126 @@ async def test_rotation_rewraps_every_readable_key_and_skips_the_rest(tmp_path: 
     blob = await db.user_key(alice)
     assert blob is not None and new.decrypt_key(blob, alice) == "sk-alice"
     await db.close()
+
+
+def _v1_hash(model: str, voice: str, fmt: str, speed: float, instructions: str | None, text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join([model, voice, fmt, f"{speed:.2f}", instructions or "", text]).encode()).hexdigest()
+
+
+async def test_migration_5_rehashes_every_file_idempotently(tmp_path: Path) -> None:
+    """A version-4 database's files get their v2 content hash once, each reported to sync as a change; running
+    the migration again changes nothing."""
+    from speccyd.storage.contenthash import content_hash_v2
+    from speccyd.storage.sqlite.migrations import _m5_content_hash_v2
+    from tests.conftest import old_database
+
+    path = tmp_path / "db.sqlite"
+    raw = old_database(path, 4)
+    raw.execute("INSERT INTO users (id, key_hash, key_enc, created_at, last_seen) VALUES ('u', 'h', x'00', 0, 0)")
+    rows = [
+        (f"{n:032x}", "gpt-4o-mini-tts", "coral", "opus", 0.5 + n % 3 / 4, f"instr\n{n}" if n % 2 else None,
+         f"text {n}\nline two ✓")
+        for n in range(20_000)
+    ]  # fmt: skip
+    raw.execute("BEGIN")  # one transaction: 20,000 commits would take a minute
+    raw.executemany(
+        "INSERT INTO audio_files (id, user_id, content_hash, status, model, voice, format, speed, instructions, "
+        "text, characters, created_at, updated_at, expires_at) "
+        "VALUES (?, 'u', ?, 'ready', ?, ?, ?, ?, ?, ?, 1, 0, 0, 9)",
+        [(r[0], _v1_hash(*r[1:]), *r[1:]) for r in rows],
+    )
+    raw.execute("COMMIT")
+    clock_before = raw.execute("SELECT seq FROM change_clock").fetchone()[0]
+    raw.close()
+
+    db = SqliteDatabase(path)
+    stored = {r[0]: r[1] for r in db.connection.execute("SELECT id, content_hash FROM audio_files")}
+    assert stored == {r[0]: content_hash_v2(*r[1:]) for r in rows}
+    clock_after = db.connection.execute("SELECT seq FROM change_clock").fetchone()[0]
+    assert clock_after == clock_before + len(rows)  # every file is sent to syncing devices again
+    _m5_content_hash_v2(db.connection)  # again: nothing to change, no change numbers spent
+    assert db.connection.execute("SELECT seq FROM change_clock").fetchone()[0] == clock_after
+    await db.close()
+
+
+def test_migration_5_survives_duplicate_content(tmp_path: Path) -> None:
+    """Two rows of one user with the same content (only a crafted file has them) leave one row, not a crash."""
+    from tests.conftest import old_database
+
+    path = tmp_path / "db.sqlite"
+    raw = old_database(path, 4)
+    raw.execute("INSERT INTO users (id, key_hash, key_enc, created_at, last_seen) VALUES ('u', 'h', x'00', 0, 0)")
+    for n in range(3):
+        raw.execute(
+            "INSERT INTO audio_files (id, user_id, content_hash, status, model, voice, format, speed, text, "
+            "characters, created_at, updated_at, expires_at) "
+            "VALUES (?, 'u', ?, 'ready', 'tts-1', 'alloy', 'mp3', 1.0, 'same', 4, 0, 0, 9)",
+            (f"{n:032x}", f"{n:064x}"),
+        )
+    raw.close()
+    db = SqliteDatabase(path)
+    assert db.connection.execute("SELECT count(*) FROM audio_files").fetchone()[0] == 1
+    db.shutdown()
+
+
+async def test_reports_run_on_their_own_reader_never_in_front_of_lookups(tmp_path: Path) -> None:
+    """While a report holds the report reader, a request's lookup is answered at once from its own reader."""
+    import asyncio
+    import threading
+
+    store = SqliteDatabase(tmp_path / "db.sqlite")
+    release = threading.Event()
+    held = asyncio.ensure_future(store.report(lambda db: release.wait(10)))
+    second = asyncio.ensure_future(store.usage_lines(0.0))  # queues behind the first report
+    try:
+        lookup = await asyncio.wait_for(store.get_by_hash("nobody", "0" * 64), 2)
+        assert lookup is None and not held.done() and not second.done()
+    finally:
+        release.set()
+        await held
+        await second
+        await store.close()
+
+
+async def test_usage_is_rolled_up_by_day_and_reports_keep_their_figures(tmp_path: Path) -> None:
+    """Raw usage from before yesterday moves into daily rows in small batches; day-aligned windows report the
+    same figures before and after, today's quota reads stay exact, and tokens and failures are kept."""
+    import sqlite3 as sq
+
+    from speccyd.generation.cleanup import ROLL_UP_BATCH, roll_up_usage
+
+    store = SqliteDatabase(tmp_path / "db.sqlite")
+    raw = sq.connect(tmp_path / "db.sqlite", isolation_level=None)
+    for user in ("a", "b"):
+        raw.execute("INSERT INTO users (id, key_hash, key_enc, created_at, last_seen) VALUES (?, ?, x'00', 0, 0)",
+                    (user, user))  # fmt: skip
+    now = 1_800_000_000.0 + 3600 * 5  # 05:00 UTC
+    today = now - now % 86400
+    kinds = ["generated", "cache_hit", "failed"]
+    rows = [
+        (("a", "b")[n % 2], today - 40 * 86400 + n * 617.0, kinds[n % 3], ("tts-1", "gpt-4o-mini-tts")[n % 5 == 0],
+         n % 97 + 1, *((n, 3 * n) if n % 7 == 0 else (None, None)))
+        for n in range(int(40 * 86400 / 617) + 9)
+    ]  # fmt: skip
+    raw.execute("BEGIN")
+    raw.executemany(
+        "INSERT INTO usage_log (user_id, at, kind, model, characters, input_tokens, output_tokens, tokens) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, CASE WHEN ?6 IS NULL THEN NULL ELSE ?6 + ?7 END)",
+        rows,
+    )
+    raw.execute("COMMIT")
+    windows = [today - d * 86400 for d in (1, 7, 30, 45)]
+    before = [await store.usage_lines(since) for since in windows]
+    today_before = await store.usage_report(now)
+
+    moved = await roll_up_usage(store, now)
+    left = raw.execute("SELECT min(at), count(*) FROM usage_log").fetchone()
+    assert moved > ROLL_UP_BATCH and moved + left[1] == len(rows)
+    assert left[0] >= today - 86400  # yesterday and today stay raw
+    assert [await store.usage_lines(since) for since in windows] == before
+    assert await store.usage_report(now) == today_before
+    assert await roll_up_usage(store, now) == 0  # nothing more to do
+    raw.close()
+    await store.close()

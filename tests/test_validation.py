@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from speccyd.generation.speech import max_body_bytes
 from tests.conftest import AppClient, sign_in
 from tests.fake_upstream import FakeUpstream
 
@@ -91,9 +92,9 @@ async def test_body_must_be_an_object(client: AppClient, raw: bytes) -> None:
 
 
 async def test_oversized_body_is_413(client: AppClient) -> None:
-    """A body over 1 MiB is 413 body_too_large, on every JSON endpoint."""
+    """A body over the limit (max_body_bytes of max_text_chars) is 413 body_too_large, on every JSON endpoint."""
     headers = await sign_in(client)
-    big = b'{"text": "' + b"x" * (1024 * 1024) + b'"}'
+    big = b'{"text": "' + b"x" * max_body_bytes(100_000) + b'"}'
     for path in ("/tts/generate", "/auth/verify"):
         response = await client.post(path, data=io.BytesIO(big), headers=headers)
         assert response.status == 413, path

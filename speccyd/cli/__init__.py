@@ -51,10 +51,28 @@ app.add_typer(service.service_app, name="service")
 
 
 def main() -> None:
+    """The console script: the command-line parser's own errors become one line too (a usage error, an
+    aborted confirmation). Typer carries its own copy of click, so its exception classes are typer's."""
+    from typer._click import exceptions as click
+
     # The image's entrypoint, as PID 1, execs us with the stop signals blocked (packaging/docker-entrypoint):
     # Ctrl-C works again at once (Python has its handler); `serve` takes SIGTERM and SIGHUP once it has its own.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
-        app()
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         sys.exit(130)
+    except click.NoArgsIsHelpError as e:
+        e.show()  # `speccyd` alone, or a group alone: its help, and click's exit status, as before
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "speccyd"
+        typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("error: aborted; nothing was changed", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from speccyd.cli.common import DataDir, fail, run_with_db, settings_for
+from speccyd.config.text import describe
 
 
 def backup(
@@ -27,7 +28,7 @@ def backup(
     try:
         report = run_backup(settings, dest, secrets=not no_secrets)
     except (BackupError, StoreError, OSError) as e:
-        fail(f"backup failed: {e}")
+        fail(f"backup failed: {describe(e)}")
     typer.echo(
         f"backed up {report.files} audio files ({report.bytes / 1_000_000:.1f} MB), the database and config"
         f"{' and secrets' if report.secrets else ' (no secrets)'} to {report.dest}"
@@ -43,13 +44,13 @@ def restore(
     """Check a backup's integrity and restore it into a new or empty data dir."""
     from speccyd.config.settings import default_data_dir
     from speccyd.storage.backup import BackupError
-    from speccyd.storage.backup import restore as run_restore
+    from speccyd.storage.restore import restore as run_restore
 
     target = data_dir or default_data_dir()
     try:
         report = run_restore(src, target)
     except (BackupError, OSError) as e:
-        fail(f"restore failed: {e}")
+        fail(f"restore failed: {describe(e)}")
     typer.echo(f"restored {report.files} audio files ({report.bytes / 1_000_000:.1f} MB) into {report.data_dir}")
     if not report.secrets:
         typer.echo("the backup has no secrets: new ones are made at start; every user must sign in again")

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from speccyd.config.text import describe
+
 # Polling starts fast (a cache hit or short text is ready in well under a second) and backs off to 1s.
 _POLL_FIRST, _POLL_MAX = 0.1, 1.0
 _CHUNK = 64 * 1024
@@ -22,6 +24,10 @@ _CHUNK = 64 * 1024
 
 class ClientError(Exception):
     """The server refused or failed; the message is the server's own explanation."""
+
+
+class LocalFileError(Exception):
+    """The audio arrived but cannot be saved here (a local problem, not the server's)."""
 
 
 async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -89,13 +95,23 @@ class SpeccyClient:
                 raise ClientError(f"download answered HTTP {r.status}")
             total = r.content_length
             try:
-                with temp.open("wb") as out:
+                try:
+                    out = temp.open("wb")
+                except OSError as e:
+                    raise LocalFileError(f"cannot save the audio to {dest}: {describe(e)}") from None
+                with out:
                     async for chunk in r.content.iter_chunked(_CHUNK):
-                        out.write(chunk)
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise LocalFileError(f"cannot save the audio to {dest}: {describe(e)}") from None
                         size += len(chunk)
                         if on_bytes is not None:
                             on_bytes(size, total)
-                os.replace(temp, dest)
+                try:
+                    os.replace(temp, dest)
+                except OSError as e:
+                    raise LocalFileError(f"cannot save the audio to {dest}: {describe(e)}") from None
             finally:
                 temp.unlink(missing_ok=True)
         return size

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from speccyd.cli.common import DataDir, fail, settings_for
+from speccyd.config.text import describe
 
 
 def discover(
@@ -24,7 +25,7 @@ def discover(
     try:
         found = asyncio.run(browse(settings.mdns_interfaces, timeout))
     except OSError as e:
-        fail(f"cannot browse mDNS: {e}")
+        fail(f"cannot browse mDNS: {describe(e)}")
     if as_json:
         typer.echo(json.dumps([s.as_dict() for s in found], indent=2))
         return

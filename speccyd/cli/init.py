@@ -8,6 +8,7 @@ import typer
 
 from speccyd.cli.common import DataDir, fail, settings_for
 from speccyd.config.settings import Settings
+from speccyd.config.text import describe
 
 
 def init(
@@ -25,7 +26,7 @@ def init(
     import asyncio
 
     from speccyd.security.provision import init_data_dir
-    from speccyd.storage.datadir import is_initialized
+    from speccyd.storage.datadir import DataDirBusy, is_initialized
     from speccyd.storage.errors import StoreError
 
     settings = settings_for(data_dir)
@@ -33,8 +34,10 @@ def init(
         typer.confirm("Regenerate the server secrets? Every device will have to sign in again", abort=True)
     try:
         report = asyncio.run(init_data_dir(settings, force=force))
+    except DataDirBusy as e:
+        fail(f"cannot regenerate the secrets: {e} (a running server keeps the old secrets until it stops)")
     except (StoreError, OSError) as e:
-        fail(str(e))
+        fail(describe(e))
     for path in report.created:
         typer.echo(f"created {path}")
     if report.rotated_users is not None:
@@ -70,6 +73,6 @@ def _init_tls(settings: Settings, renew: bool) -> None:
         # Relative to the data dir, so the data dir can move (or be mounted elsewhere by systemd).
         set_config_values(settings.config_path, {"tls_cert": CERT_FILE, "tls_key": KEY_FILE})
     except (OSError, TLSError) as e:
-        fail(f"cannot set up TLS: {e}")
+        fail(f"cannot set up TLS: {describe(e)}")
     typer.echo(f"enabled HTTPS in {settings.config_path} (restart the server to use it)")
     typer.echo(f"SHA-256 fingerprint: {digest}")

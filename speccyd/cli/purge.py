@@ -28,6 +28,9 @@ def purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete audio files and their records; safe while the server runs."""
+    if everything and (expired or user is not None or older_than is not None):
+        # --all removes every file; with another criterion it would quietly ignore that one.
+        fail("--all removes all audio of every user; it cannot be combined with --expired, --user or --older-than", 2)
     settings = settings_for(data_dir)
     age = None
     if older_than is not None:

@@ -45,10 +45,27 @@ def say(
         wait = parse_duration(timeout)
     except ValueError as e:
         fail(f"--timeout: {e}", 2)
+    _check_writable(output)  # before any network: a local problem is told as one, not as "cannot reach"
     request: dict[str, Any] = {"text": text, "voice": voice, "model": model, "format": fmt, "speed": speed}
     if instructions:
         request["instructions"] = instructions
     asyncio.run(_say(server, key, request, output, wait))
+
+
+def _check_writable(output: Path) -> None:
+    import os
+    import secrets
+
+    from speccyd.config.text import describe
+
+    if output.is_dir():
+        fail(f"cannot save the audio to {output}: it is a directory", 2)
+    probe = output.with_name(f".{output.name}.{secrets.token_hex(4)}.probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as e:
+        fail(f"cannot save the audio to {output}: {describe(e)}")
 
 
 async def _say(server: str, key: str, request: dict[str, Any], output: Path, wait: float) -> None:
@@ -56,7 +73,8 @@ async def _say(server: str, key: str, request: dict[str, Any], output: Path, wai
     from rich.console import Console
     from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 
-    from speccyd.cli.client import ClientError, SpeccyClient
+    from speccyd.cli.client import ClientError, LocalFileError, SpeccyClient
+    from speccyd.config.text import describe
 
     console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn())
@@ -76,9 +94,9 @@ async def _say(server: str, key: str, request: dict[str, Any], output: Path, wai
                 size = await client.download(
                     file, output, lambda done, total: progress.update(task, completed=done, total=total)
                 )
-    except ClientError as e:
+    except (ClientError, LocalFileError) as e:
         fail(str(e))
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
-        fail(f"cannot reach {server}: {e or type(e).__name__}")
+        fail(f"cannot reach {server}: {describe(e)}")
     origin = "from the server's cache" if cached else "generated"
     console.print(f"saved {output} ({size:,} bytes, {origin}; file {file['file_id']})")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from speccyd.cli.common import DataDir, fail, settings_for
+from speccyd.config.text import describe
 
 _EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -58,11 +59,12 @@ def serve(
     from speccyd.ops.systemd import SocketActivationError
     from speccyd.security.crypto import SecretsError
     from speccyd.server import serve as run_server
+    from speccyd.storage.datadir import DataDirBusy
     from speccyd.storage.errors import StoreError
 
     try:
         run_server(settings, early_signals)
-    except (StoreError, SecretsError, TLSError, SocketActivationError) as e:
+    except (StoreError, SecretsError, TLSError, SocketActivationError, DataDirBusy) as e:
         fail(str(e))
     except OSError as e:
-        fail(f"cannot serve on {settings.host}:{settings.port}: {e.strerror or e}")
+        fail(f"cannot serve on {settings.host}:{settings.port}: {describe(e)}")

@@ -69,7 +69,7 @@ def usage(
         for m in models:
             ratio = m["cache_hit_ratio"]
             by_model.add_row(
-                m["model"], f"{prices.get(m['model'], prices['tts-1']):g}", str(m["generations"]),
+                m["model"], f"{prices.per_character(m['model']):g}", str(m["generations"]),
                 str(m["characters"]), str(m["cache_hits"]), "-" if ratio is None else f"{ratio:.0%}",
                 f"{m['estimated_cost_usd']:.2f}", f"{m['saved_cost_usd']:.2f}",
             )  # fmt: skip

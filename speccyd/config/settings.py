@@ -132,17 +132,36 @@ def _limit(value: object) -> int:
 
 
 def _price(value: object) -> float:
-    """US dollars per million characters."""
+    """US dollars per million characters (or tokens)."""
     if isinstance(value, bool):
-        raise ValueError("expected a price in USD per million characters")
+        raise ValueError("expected a price in USD (per million characters or tokens)")
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"expected a price in USD per million characters, got {value!r}") from None
+            raise ValueError(f"expected a price in USD (per million characters or tokens), got {value!r}") from None
     if not isinstance(value, int | float) or value < 0 or value != value:
-        raise ValueError("expected a price of 0 or more USD per million characters")
+        raise ValueError("expected a price of 0 or more USD")
     return float(value)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/@-]{0,99}")
+OPENAI_MODELS = "tts-1, tts-1-hd, gpt-4o-mini-tts"
+OPENAI_VOICES = "alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, verse, marin, cedar"
+
+
+def _names(value: object, *, allow_empty: bool = False) -> tuple[str, ...]:
+    """Model or voice names, as a TOML list or a comma-separated string; each a plain token."""
+    items = value if isinstance(value, list) else value.split(",") if isinstance(value, str) else None
+    if items is None or not all(isinstance(i, str) for i in items):
+        raise ValueError("expected a list of names, as a TOML list or separated by commas")
+    names = tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a usable name (letters, digits and . _ : + / @ -, at most 100)")
+    if not names and not allow_empty:
+        raise ValueError("expected at least one name")
+    return names
 
 
 def _log_format(value: object) -> str:
@@ -214,6 +233,12 @@ SPECS: dict[str, Spec] = {
         parse_duration, "5m", "How long an OpenAI key checked for /v1 requests is trusted before asking again."
     ),
     "speech_wait": Spec(parse_duration, "5m", "Longest time POST /v1/audio/speech waits for its first audio bytes."),
+    # --- what the upstream offers (another OpenAI-compatible server: Kokoro-FastAPI, speaches, LocalAI) ---
+    "models": Spec(_names, OPENAI_MODELS, "Models requests may name (OpenAI's dated snapshots of them too)."),
+    "voices": Spec(_names, OPENAI_VOICES, "Voices requests may name (the upstream's own voice names)."),
+    "instruction_models": Spec(
+        lambda v: _names(v, allow_empty=True), "gpt-4o-mini-tts", "Models that take `instructions` (empty: none)."
+    ),
     # --- running it for a household (docs/operations.md) ---
     "log_format": Spec(_log_format, "text", "'text' for people, 'json' for one JSON object per line."),
     "daily_char_quota": Spec(_limit, "0", "Characters each user may have generated per UTC day; 0 or 'off' for none."),
@@ -222,7 +247,13 @@ SPECS: dict[str, Spec] = {
     "price_tts_1": Spec(_price, "15", "USD per million characters for tts-1 (cost estimates only)."),
     "price_tts_1_hd": Spec(_price, "30", "USD per million characters for tts-1-hd (cost estimates only)."),
     "price_gpt_4o_mini_tts": Spec(
-        _price, "15", "Estimated USD per million characters for gpt-4o-mini-tts (billed per token; an estimate)."
+        _price, "15", "Estimated USD per million characters for gpt-4o-mini-tts when its tokens are not known."
+    ),
+    "price_gpt_4o_mini_tts_input_tokens": Spec(
+        _price, "0.6", "USD per million text input tokens for gpt-4o-mini-tts (when the upstream reports them)."
+    ),
+    "price_gpt_4o_mini_tts_output_tokens": Spec(
+        _price, "12", "USD per million audio output tokens for gpt-4o-mini-tts (when the upstream reports them)."
     ),
     "min_free_disk": Spec(parse_size, "1GB", "/healthz fails when the data dir's disk has less free space."),
     "metrics": Spec(_switch, "off", "Serve Prometheus metrics at GET /metrics on the main port (on/off)."),
@@ -268,6 +299,9 @@ class Settings:
     chunk_concurrency: int
     key_cache_ttl: float
     speech_wait: float
+    models: tuple[str, ...]
+    voices: tuple[str, ...]
+    instruction_models: tuple[str, ...]
     log_format: str
     daily_char_quota: int
     storage_quota: int
@@ -275,6 +309,8 @@ class Settings:
     price_tts_1: float
     price_tts_1_hd: float
     price_gpt_4o_mini_tts: float
+    price_gpt_4o_mini_tts_input_tokens: float
+    price_gpt_4o_mini_tts_output_tokens: float
     min_free_disk: int
     metrics: bool
     metrics_listen: str

@@ -13,6 +13,9 @@ BATCH = 200
 LAST_CLEANUP = "last_cleanup"
 # Deletions are reported to syncing devices this long; a device away longer syncs its library from scratch.
 TOMBSTONE_KEEP = 90 * 86400.0
+# Raw usage rows summed into their days per transaction: each holds the write lock for a few milliseconds.
+ROLL_UP_BATCH = 2000
+DAY = 86400.0
 
 
 async def purge(
@@ -35,9 +38,22 @@ async def purge(
             return removed
 
 
+async def roll_up_usage(db: Database, now: float) -> int:
+    """Sum raw usage from before yesterday into whole days; raw rows stay for today and yesterday, which the
+    daily quota and report windows of up to a day read exactly. How many rows were summed."""
+    before = now - (now % DAY) - DAY
+    moved = 0
+    while True:
+        batch = await db.roll_up_usage(before, ROLL_UP_BATCH)
+        moved += batch
+        if batch < ROLL_UP_BATCH:
+            return moved
+
+
 async def expire(db: Database, blobs: BlobStore, now: float) -> list[FileRow]:
-    """One cleanup pass: remove expired audio, forget old deletions, and record when it ran."""
+    """One cleanup pass: remove expired audio, forget old deletions, roll usage up, record when it ran."""
     removed = await purge(db, blobs, PurgeFilter(expired=True), now)
     await db.prune_tombstones(now - TOMBSTONE_KEEP)
+    await roll_up_usage(db, now)
     await db.set_meta(LAST_CLEANUP, repr(now))
     return removed

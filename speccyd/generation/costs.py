@@ -1,13 +1,15 @@
 """Cost estimates from the usage log: what was billed upstream, and what the cache saved.
 
-Prices come from settings (USD per million characters). OpenAI bills tts-1 and tts-1-hd per character
-(published: $15 and $30 per 1M characters); gpt-4o-mini-tts is billed per token ($0.60 per 1M text input
-tokens, $12 per 1M audio output tokens), which OpenAI estimates at $0.015 per minute of audio, i.e. about
-the same as tts-1 per character: the default $15 per 1M characters for it is an estimate, documented as one.
+Prices come from settings. OpenAI bills tts-1 and tts-1-hd per character (published: $15 and $30 per 1M
+characters); gpt-4o-mini-tts is billed per token ($0.60 per 1M text input tokens, $12 per 1M audio output
+tokens). When the upstream reports the tokens of a generation (gpt-4o-mini-tts over SSE), it is priced by
+them; otherwise by characters, at an estimate for gpt-4o-mini-tts ($15 per 1M characters: OpenAI's $0.015 per
+minute of audio). Failed generations cost nothing here: OpenAI bills no failed request.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,20 +20,51 @@ from speccyd.storage.records import UsageLine, UserUsage
 
 # The window of every "30 days" figure: /user/usage, `speccyd users show` and the cache hit ratio gauge.
 WINDOW_30D = 30 * 86400
+# OpenAI's dated snapshots ("gpt-4o-mini-tts-2025-12-15") are priced as their model.
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 
-def price_table(settings: Settings) -> dict[str, float]:
-    """USD per million characters, by model."""
-    return {
-        "tts-1": settings.price_tts_1,
-        "tts-1-hd": settings.price_tts_1_hd,
-        "gpt-4o-mini-tts": settings.price_gpt_4o_mini_tts,
-    }
+def base_model(model: str) -> str:
+    return _SNAPSHOT.sub("", model)
 
 
-def cost(prices: dict[str, float], model: str, characters: int) -> float:
-    # A model missing from the table (added upstream later) is priced like tts-1 rather than as free.
-    return characters * prices.get(model, prices["tts-1"]) / 1_000_000
+@dataclass(frozen=True)
+class Prices:
+    """USD per million characters by model, and per million (input, output) tokens for token-billed ones."""
+
+    per_million_characters: dict[str, float]
+    per_million_tokens: dict[str, tuple[float, float]]
+
+    def per_character(self, model: str) -> float:
+        # A model missing from the table (another upstream's) is priced like tts-1 rather than as free.
+        table = self.per_million_characters
+        return table.get(base_model(model), table["tts-1"])
+
+    def of(self, line: UsageLine) -> float:
+        """What a usage line cost (or, for cache hits, would have cost without the cache)."""
+        by_characters = (line.characters - line.tokened_characters) * self.per_character(line.model) / 1_000_000
+        token_prices = self.per_million_tokens.get(base_model(line.model))
+        if token_prices is None or line.input_tokens is None or line.output_tokens is None:
+            # Tokens reported for a model billed by character: its characters are what it costs.
+            return by_characters + line.tokened_characters * self.per_character(line.model) / 1_000_000
+        tokens = line.input_tokens * token_prices[0] + line.output_tokens * token_prices[1]
+        return by_characters + tokens / 1_000_000
+
+
+def price_table(settings: Settings) -> Prices:
+    return Prices(
+        {
+            "tts-1": settings.price_tts_1,
+            "tts-1-hd": settings.price_tts_1_hd,
+            "gpt-4o-mini-tts": settings.price_gpt_4o_mini_tts,
+        },
+        {
+            "gpt-4o-mini-tts": (
+                settings.price_gpt_4o_mini_tts_input_tokens,
+                settings.price_gpt_4o_mini_tts_output_tokens,
+            )
+        },
+    )
 
 
 @dataclass
@@ -42,6 +75,8 @@ class ModelUsage:
     tokens: int | None = None
     cache_hits: int = 0
     cached_characters: int = 0
+    failures: int = 0
+    failed_characters: int = 0
     cost_usd: float = 0.0
     saved_usd: float = 0.0
 
@@ -76,6 +111,14 @@ class UsageSummary:
         return int(self._total("cached_characters"))
 
     @property
+    def failures(self) -> int:
+        return int(self._total("failures"))
+
+    @property
+    def failed_characters(self) -> int:
+        return int(self._total("failed_characters"))
+
+    @property
     def cost_usd(self) -> float:
         return self._total("cost_usd")
 
@@ -98,6 +141,8 @@ class UsageSummary:
             "tokens": self.tokens,
             "cache_hits": self.cache_hits,
             "cached_characters": self.cached_characters,
+            "failures": self.failures,
+            "failed_characters": self.failed_characters,
             "cache_hit_ratio": None if ratio is None else round(ratio, 4),
             "estimated_cost_usd": round(self.cost_usd, 4),
             "saved_cost_usd": round(self.saved_usd, 4),
@@ -113,7 +158,7 @@ class UsageSummary:
         }
 
 
-def summarize(lines: Iterable[UsageLine], prices: dict[str, float]) -> UsageSummary:
+def summarize(lines: Iterable[UsageLine], prices: Prices) -> UsageSummary:
     """Fold usage lines (any mix of users) into per-model figures with estimated cost and savings."""
     summary = UsageSummary()
     for line in lines:
@@ -123,23 +168,27 @@ def summarize(lines: Iterable[UsageLine], prices: dict[str, float]) -> UsageSumm
             m.characters += line.characters
             if line.tokens is not None:
                 m.tokens = (m.tokens or 0) + line.tokens
-            m.cost_usd += cost(prices, line.model, line.characters)
-        else:
-            # A cache hit would have cost a new generation of the same characters without the server.
+            m.cost_usd += prices.of(line)
+        elif line.kind == "failed":
+            # Sent upstream, counted against the daily quota, but not billed.
+            m.failures += line.events
+            m.failed_characters += line.characters
+        elif line.kind == "cache_hit":
+            # A cache hit would have cost a new generation of the same audio without the server.
             m.cache_hits += line.events
             m.cached_characters += line.characters
-            m.saved_usd += cost(prices, line.model, line.characters)
+            m.saved_usd += prices.of(line)
     return summary
 
 
-def by_user(lines: Iterable[UsageLine], prices: dict[str, float]) -> dict[str, UsageSummary]:
+def by_user(lines: Iterable[UsageLine], prices: Prices) -> dict[str, UsageSummary]:
     grouped: dict[str, list[UsageLine]] = {}
     for line in lines:
         grouped.setdefault(line.user_id, []).append(line)
     return {user_id: summarize(user_lines, prices) for user_id, user_lines in grouped.items()}
 
 
-def usage_report(rows: list[UserUsage], lines: list[UsageLine], prices: dict[str, float]) -> dict[str, Any]:
+def usage_report(rows: list[UserUsage], lines: list[UsageLine], prices: Prices) -> dict[str, Any]:
     """`speccyd usage`: every user's storage, today's activity and window figures, then per model, then totals."""
     per_user = by_user(lines, prices)
     overall = summarize(lines, prices)
@@ -169,4 +218,10 @@ def usage_report(rows: list[UserUsage], lines: list[UsageLine], prices: dict[str
         "characters_today": sum(u["characters_today"] for u in users),
         **overall.figures(),
     }
-    return {"prices_usd_per_million_chars": prices, "users": users, "models": models, "totals": totals}
+    return {
+        "prices_usd_per_million_chars": prices.per_million_characters,
+        "prices_usd_per_million_tokens": {m: list(p) for m, p in prices.per_million_tokens.items()},
+        "users": users,
+        "models": models,
+        "totals": totals,
+    }

@@ -49,7 +49,10 @@ def quota_error(e: LimitReached, characters: int, now: float) -> QuotaExceeded:
         else "delete files to make room"
     )
     if e.limit == "storage":
-        what = f"storage quota reached: {format_size(e.used)} stored of {format_size(e.allowed)} allowed"
+        what = (
+            f"storage quota reached: {format_size(e.used)} stored of {format_size(e.allowed)} allowed (files being "
+            f"generated at their expected size), and this audio needs about {format_size(e.needed)}"
+        )
     else:
-        what = f"file limit reached: {e.used} of {e.allowed} files kept"
+        what = f"file limit reached: {e.used} of {e.allowed} files kept (counting those generating or failed)"
     return StorageQuotaExceeded(f"{what}; {when}")

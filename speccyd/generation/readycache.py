@@ -55,7 +55,9 @@ class ReadyCache:
         if int(expires) > int(row.expires_at):
             row = dataclasses.replace(row, expires_at=expires, updated_at=now)
             self.put(row)
-        self._hits.append(Hit(row.id, row.user_id, row.model, row.characters, now, expires))
+        self._hits.append(
+            Hit(row.id, row.user_id, row.model, row.characters, now, expires, row.input_tokens, row.output_tokens)
+        )
         return row
 
     def drain(self) -> list[Hit]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from speccyd.config.clock import Clock
 from speccyd.config.settings import Settings
+from speccyd.config.text import describe
 from speccyd.generation.assembly import Part, assemble
 from speccyd.generation.chunking import split_text
 from speccyd.generation.live import LiveFile
@@ -41,7 +42,7 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _storage_error(e: OSError) -> StorageFull | None:
-    return StorageFull(str(e)) if e.errno in _NO_SPACE else None
+    return StorageFull(describe(e)) if e.errno in _NO_SPACE else None
 
 
 class JobRunner:

@@ -49,7 +49,15 @@ class UpstreamError(Exception):
 _KEY_IN_MESSAGE = re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}")
 
 
-def _upstream_message(e: openai.APIStatusError) -> str:
+def redact_key(message: str, api_key: str | None) -> str:
+    """The message without the exact key speccyd sent (whatever its shape: other OpenAI-compatible servers
+    use other prefixes), nor anything that looks like an OpenAI key."""
+    if api_key:
+        message = message.replace(api_key, "[redacted]")
+    return _KEY_IN_MESSAGE.sub("sk-[redacted]", message)
+
+
+def _upstream_message(e: openai.APIStatusError, api_key: str | None) -> str:
     body: Any = e.body
     message = f"upstream answered HTTP {e.status_code}"
     if isinstance(body, dict):
@@ -58,7 +66,7 @@ def _upstream_message(e: openai.APIStatusError) -> str:
             message = str(inner["message"])
         elif isinstance(body.get("message"), str):
             message = str(body["message"])
-    return _KEY_IN_MESSAGE.sub("sk-[redacted]", message)
+    return redact_key(message, api_key)
 
 
 def _retry_after(e: openai.APIStatusError) -> float | None:
@@ -72,13 +80,14 @@ def _retry_after(e: openai.APIStatusError) -> float | None:
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
 
-def classify(e: BaseException) -> UpstreamError:
-    """Turn any failure of an upstream call into an UpstreamError that says whether to retry."""
+def classify(e: BaseException, api_key: str | None = None) -> UpstreamError:
+    """Turn any failure of an upstream call made with `api_key` into an UpstreamError that says whether to
+    retry; the key is cut out of whatever the upstream said."""
     if isinstance(e, UpstreamError):
         return e
     if isinstance(e, openai.APIStatusError):
         status = e.status_code
-        message = _upstream_message(e)
+        message = _upstream_message(e, api_key)
         body: Any = e.body
         code = body.get("code") if isinstance(body, dict) else None
         retryable = status in _RETRYABLE_STATUS and code not in _FATAL_429_CODES
@@ -115,7 +124,7 @@ class Upstream:
         except (openai.AuthenticationError, openai.PermissionDeniedError):
             return False
         except Exception as e:
-            message = classify(e).message
+            message = classify(e, api_key).message
             raise UpstreamUnavailable(f"cannot check the key with the upstream: {message}") from None
         return True
 
@@ -151,4 +160,4 @@ class Upstream:
         except UpstreamError:
             raise
         except Exception as e:
-            raise classify(e) from None
+            raise classify(e, api_key) from None

@@ -6,6 +6,8 @@ are read from the database when /metrics is scraped, so they are right even afte
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Upstream speech calls take from ~0.3s (short text, first byte) to a minute (4096 characters, whole body).
@@ -55,6 +57,8 @@ class Metrics:
         self.files_stored = Gauge("speccyd_stored_files", "Ready audio files on disk.", registry=r)
         self.active_streams = Gauge("speccyd_active_streams", "Audio downloads being sent right now.", registry=r)
         self.jobs_running = Gauge("speccyd_generations_running", "Generations in progress.", registry=r)
+        self.refreshing: asyncio.Future[None] | None = None  # the database gauges' refresh under way
+        self.ratio_at: float | None = None  # when the cache hit ratio was last computed (monotonic)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -57,9 +57,14 @@ class ServerSecrets:
 
     @classmethod
     def load(cls, directory: Path) -> ServerSecrets:
+        return cls.load_from(directory / SESSION_KEY_FILE, directory / ENCRYPTION_KEY_FILE)
+
+    @classmethod
+    def load_from(cls, session_path: Path, encryption_path: Path) -> ServerSecrets:
+        directory = session_path.parent
         try:
-            session = (directory / SESSION_KEY_FILE).read_bytes()
-            encryption = (directory / ENCRYPTION_KEY_FILE).read_bytes()
+            session = session_path.read_bytes()
+            encryption = encryption_path.read_bytes()
         except OSError as e:
             raise SecretsError(f"cannot read secrets in {directory}: {e.strerror}; run `speccyd init`") from None
         if len(session) != _KEY_BYTES or len(encryption) != _KEY_BYTES:
@@ -71,8 +76,26 @@ class ServerSecrets:
         return cls(new_secret(), new_secret())
 
     def save(self, directory: Path) -> None:
-        write_secret_file(directory / SESSION_KEY_FILE, self.session_key)
-        write_secret_file(directory / ENCRYPTION_KEY_FILE, self.encryption_key)
+        self.save_as(directory / SESSION_KEY_FILE, directory / ENCRYPTION_KEY_FILE)
+
+    def save_as(self, session_path: Path, encryption_path: Path) -> None:
+        write_secret_file(session_path, self.session_key)
+        write_secret_file(encryption_path, self.encryption_key)
+
+    def promote(self, session_path: Path, encryption_path: Path, directory: Path) -> None:
+        """Rename secrets saved with `save_as` into place as the directory's secrets."""
+        os.replace(session_path, directory / SESSION_KEY_FILE)
+        os.replace(encryption_path, directory / ENCRYPTION_KEY_FILE)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the renames are on disk before anyone is told the rotation is done
+        finally:
+            os.close(dir_fd)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names these secrets without revealing them (a rotation records which ones the stored keys use)."""
+        return hmac.new(self.encryption_key, b"speccyd secrets fingerprint v1", hashlib.sha256).hexdigest()[:32]
 
     def key_lookup_hash(self, openai_key: str) -> str:
         """HMAC-SHA256 of an OpenAI key: finds the user without storing anything reversible."""
@@ -95,4 +118,7 @@ class ServerSecrets:
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def check_file_url(self, file_id: str, user_id: str, expires: int, signature: str) -> bool:
+        # compare_digest raises TypeError for a str that is not ASCII: a signature ours never is.
+        if not signature.isascii():
+            return False
         return hmac.compare_digest(self.sign_file_url(file_id, user_id, expires), signature)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speccyd.config.settings import Settings
+from speccyd.config.text import describe
 from speccyd.security.crypto import write_secret_file
 
 CERT_FILE = "tls.crt"
@@ -61,7 +62,9 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (ssl.SSLError, OSError) as e:
-        raise TLSError(f"cannot load tls_cert {settings.tls_cert} / tls_key {settings.tls_key}: {e}") from None
+        raise TLSError(
+            f"cannot load tls_cert {settings.tls_cert} / tls_key {settings.tls_key}: {describe(e)}"
+        ) from None
     return context
 
 

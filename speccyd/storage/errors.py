@@ -26,12 +26,13 @@ class UnknownUser(Exception):
 class LimitReached(Exception):
     """A new generation would go over one of the user's limits; nothing was written."""
 
-    def __init__(self, limit: str, allowed: int, used: int, frees_at: float | None) -> None:
+    def __init__(self, limit: str, allowed: int, used: int, frees_at: float | None, needed: int = 0) -> None:
         super().__init__(f"{limit} limit reached")
         self.limit = limit  # "daily_chars", "storage" or "max_files"
         self.allowed = allowed
         self.used = used
         self.frees_at = frees_at  # when the oldest kept file expires (storage and file limits)
+        self.needed = needed  # storage: the estimated size of the audio asked for
 
 
 class CursorTooOld(Exception):

@@ -27,6 +27,12 @@ class FileRow:
     # Why a generation failed, as data (see `Failure`); the message above is for people.
     error_code: str | None = None
     upstream_status: int | None = None
+    # While generating: the bytes its audio is expected to take, counted against storage_quota until the real
+    # size replaces it (migration 6).
+    reserved_bytes: int | None = None
+    # What the upstream billed for it, when it said (gpt-4o-mini-tts over SSE); None otherwise.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.status != "generating" and self.expires_at <= now
@@ -52,6 +58,19 @@ class NewFile:
     speed: float
     instructions: str | None
     text: str
+    reserved_bytes: int | None = None  # the audio's estimated size, held against storage_quota meanwhile
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens an upstream billed for one generation (input text, output audio)."""
+
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,9 @@ class Hit:
     characters: int
     at: float
     expires_at: float
+    # The tokens the hit's audio was billed when generated: what the hit saved, priced as it was paid.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +136,11 @@ class LimitOverrides:
 
 @dataclass(frozen=True)
 class UsageLine:
-    """Usage events of one user, model and kind ('generated' or 'cache_hit') in a time window."""
+    """Usage events of one user, model and kind in a time window.
+
+    kind: 'generated' (sent upstream, counted from the moment it is, even if later deleted), 'failed' (sent
+    upstream, no audio: it counts against the daily quota, not in cost) or 'cache_hit'.
+    """
 
     user_id: str
     model: str
@@ -122,6 +148,10 @@ class UsageLine:
     events: int
     characters: int
     tokens: int | None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    # The characters of the events whose tokens are known (priced by token, not by character).
+    tokened_characters: int = 0
 
 
 @dataclass(frozen=True)

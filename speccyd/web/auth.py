@@ -44,10 +44,12 @@ def signed_file_url(request: web.Request, file_id: str, user_id: str, expires_at
 
 def signed_url_expiry(request: web.Request) -> int:
     """The expiry of a signed file URL, refused when missing or past."""
-    try:
-        expires = int(request.query.get("exp", ""))
-    except ValueError:
-        raise InvalidSignature("file URL has no valid expiry") from None
+    raw = request.query.get("exp", "")
+    # ASCII digits only: int() also reads Arabic-Indic and full-width digits, "1_000", "+5" and " 5 ", none
+    # of which we sign.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+        raise InvalidSignature("file URL has no valid expiry")
+    expires = int(raw)
     if expires < request.app[CLOCK].now():
         raise SignatureExpired("file URL has expired; ask for a new one")
     return expires

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -13,6 +14,18 @@ from speccyd.config.units import iso
 from speccyd.storage.records import FileRow
 from speccyd.web.auth import signed_file_url
 from speccyd.web.errors import ApiError
+
+H = TypeVar("H", bound=Callable[..., Any])
+# Set on a handler that reads a body larger than the JSON limit and enforces its own (an upload of audio,
+# POST /files/import, up to max_import_size): middleware.refuse_unreadable_bodies then leaves its size alone.
+OWN_BODY_LIMIT = "speccyd_own_body_limit"
+
+
+def own_body_limit(handler: H) -> H:
+    """Mark a handler that reads a larger body than JSON requests may send and enforces its own limit."""
+    setattr(handler, OWN_BODY_LIMIT, True)
+    return handler
+
 
 FILE_ID = r"{file_id:[0-9a-f]{32}}"
 CONTENT_HASH = r"{content_hash:[0-9a-f]{64}}"

@@ -1,16 +1,23 @@
-"""Sending audio: files with Range/If-Range/ETag on aiohttp's sendfile path, and live files as they grow."""
+"""Sending audio: files with Range and the conditional requests of RFC 9110 on aiohttp's sendfile path, and
+live files as they grow."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import math
 import os
 import re
+from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_fileresponse import _FileResponseResult
 
+from speccyd.generation.errors import FileNotFound
 from speccyd.generation.live import LiveAborted, LiveFile
 from speccyd.media.formats import CONTENT_TYPES
 from speccyd.ops.metrics import Metrics
@@ -18,69 +25,133 @@ from speccyd.storage.records import FileRow
 from speccyd.web.errors import ApiError
 
 
-class CountedFileResponse(web.FileResponse):
-    """A FileResponse counted in `speccyd_active_streams` while aiohttp sends it (all of it is in prepare)."""
+@dataclass(frozen=True)
+class OpenAudio:
+    """An audio file opened for one response: its bytes stay readable even if a DELETE unlinks it meanwhile."""
 
-    def __init__(self, metrics: Metrics, path: Path, headers: dict[str, str]) -> None:
-        super().__init__(path, headers=headers)
-        self._active = metrics.active_streams
+    path: Path
+    file: io.BufferedReader
+    st: os.stat_result
 
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        self._active.inc()
+    @property
+    def etag(self) -> str:
+        """The ETag aiohttp's FileResponse sends for this file."""
+        return f'"{self.st.st_mtime_ns:x}-{self.st.st_size:x}"'
+
+    @property
+    def last_modified(self) -> int:
+        """The file's time as Last-Modified states it: whole seconds, rounded up as aiohttp rounds it."""
+        return math.ceil(self.st.st_mtime)
+
+
+async def open_audio(path: Path) -> OpenAudio:
+    """Open the audio now, so a file deleted a moment later is either sent whole or was already gone (404)."""
+
+    def opened() -> OpenAudio:
+        f = path.open("rb")
         try:
-            return await super().prepare(request)
-        finally:
-            self._active.dec()
+            return OpenAudio(path, f, os.fstat(f.fileno()))
+        except BaseException:
+            f.close()
+            raise
 
-
-def etag(st: os.stat_result) -> str:
-    """The ETag aiohttp's FileResponse sends for a file with this stat."""
-    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
-def range_applies(request: web.Request, path: Path) -> bool:
-    """Whether the Range will be honoured: always without If-Range; with it, only if it names this version."""
-    if_range = request.headers.get(hdrs.IF_RANGE)
-    if if_range is None:
-        return True
     try:
-        st = path.stat()
-    except OSError:  # gone: FileResponse answers 404 whatever the Range
+        return await asyncio.get_running_loop().run_in_executor(None, opened)
+    except FileNotFoundError:
+        raise FileNotFound() from None
+
+
+_RANGE = {"range", "if-range"}
+_CONDITIONS = {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
+
+
+def _precondition_failed(header: str) -> ApiError:
+    return ApiError(412, "precondition_failed", f"the condition in {header} does not hold for this file")
+
+
+# RFC 9110 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, in a comma-separated list.
+_ENTITY_TAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\U0010ffff]*")\s*(?:,|$)')
+
+
+def _entity_tags(value: str) -> list[tuple[bool, str]]:
+    """(weak, tag) for each entity tag of a list, up to the first thing that is not one."""
+    tags, position = [], 0
+    while position < len(value):
+        match = _ENTITY_TAG.match(value, position)
+        if match is None or match.end() == position:
+            break
+        tags.append((match.group(1) is not None, match.group(2)))
+        position = match.end()
+    return tags
+
+
+def _tag_matches(value: str, etag: str | None, *, weak: bool) -> bool:
+    """Whether an If-Match / If-None-Match value names the current representation (`etag`: None while the
+    file is being generated and has none yet; "*" matches it anyway: it exists)."""
+    if value.strip() == "*":
+        return True
+    if etag is None:
         return False
-    if if_range.strip().startswith(('"', "W/")):
-        return if_range.strip() == etag(st)
-    since = request.if_range  # a date; FileResponse treats one it cannot parse as a match
-    return since is None or st.st_mtime <= since.timestamp()
+    return any(tag == etag and (weak or not is_weak) for is_weak, tag in _entity_tags(value))
 
 
-class AudioFileResponse(CountedFileResponse):
-    """aiohttp's FileResponse, plus If-Range with an entity tag (aiohttp only understands dates there).
-
-    Counted in the active-streams metric while it is sent.
-
-    RFC 9110 13.1.5: when If-Range names an ETag that is not the current strong one, the Range is ignored
-    and the whole file is sent, so a player never splices bytes of two different files.
-    """
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if_range = request.headers.get(hdrs.IF_RANGE, "").strip()
-        if if_range.startswith(('"', "W/")):
-            try:
-                st = await asyncio.get_running_loop().run_in_executor(None, self._path.stat)
-            except OSError:
-                return await super().prepare(request)  # gone: FileResponse answers 404
-            if if_range != etag(st):
-                # Only ASCII values: clone() encodes them as UTF-8, and a header byte past ASCII (a surrogate
-                # escape here) made it raise, so the connection dropped with a traceback in the log.
-                headers = {k: v for k, v in request.headers.items() if k.lower() != "range" and v.isascii()}
-                request = request.clone(headers=headers)
-        return await super().prepare(request)
+def not_modified(request: web.Request, etag: str | None, last_modified: int | None) -> bool:
+    """The preconditions of RFC 9110 13.2.2, in its order: a failed If-Match or If-Unmodified-Since raises
+    412; True when the answer is 304 Not Modified (If-None-Match, then If-Modified-Since)."""
+    get = request.method in (hdrs.METH_GET, hdrs.METH_HEAD)
+    if_match = request.headers.get(hdrs.IF_MATCH)
+    if if_match is not None:
+        if not _tag_matches(if_match, etag, weak=False):
+            raise _precondition_failed("If-Match")
+    elif (
+        last_modified is not None
+        and (before := request.if_unmodified_since) is not None  # one that is not a date is ignored
+        and last_modified > before.timestamp()
+    ):
+        raise _precondition_failed("If-Unmodified-Since")
+    if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
+    if if_none_match is not None:
+        if _tag_matches(if_none_match, etag, weak=True):
+            if get:
+                return True
+            raise _precondition_failed("If-None-Match")
+    elif get and last_modified is not None and (since := request.if_modified_since) is not None:
+        return last_modified <= since.timestamp()
+    return False
 
 
 _EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-0+\s*")
 
 
-def check_range(request: web.Request, size: int) -> None:
+def _range_applies(request: web.Request, audio: OpenAudio) -> bool:
+    """Whether the Range header is to be honoured (RFC 9110 14.2 and 13.1.5); a bad one that is gets a 416."""
+    value = request.headers.get(hdrs.RANGE)
+    if value is None or request.method != hdrs.METH_GET:
+        return False  # Range is defined for GET only
+    unit, equals, ranges = value.partition("=")
+    if not equals or unit.strip().lower() != "bytes":
+        return False  # a range unit we do not know is ignored, not refused
+    if "," in ranges:
+        return False  # several ranges: answered with the whole file rather than multipart/byteranges
+    if_range = request.headers.get(hdrs.IF_RANGE)
+    if if_range is not None and not _if_range_holds(request, if_range.strip(), audio):
+        return False
+    _check_range(request, audio.st.st_size)
+    return True
+
+
+def _if_range_holds(request: web.Request, value: str, audio: OpenAudio) -> bool:
+    # A strong ETag that is this file's, or the exact date its Last-Modified says; anything else (a weak tag,
+    # a stale one, a string that is neither) means "send the whole file", so no bytes of two versions splice.
+    if value.startswith('"'):
+        return value == audio.etag
+    if value.startswith("W/"):
+        return False
+    date = request.if_range
+    return date is not None and int(date.timestamp()) == audio.last_modified
+
+
+def _check_range(request: web.Request, size: int) -> None:
     """Refuse a bad Range here, so the 416 is our JSON error and not FileResponse's empty audio/* body."""
     unsatisfiable = ApiError(
         416,
@@ -97,6 +168,70 @@ def check_range(request: web.Request, size: int) -> None:
         raise unsatisfiable from None
     if wanted.start is not None and wanted.start >= 0 and wanted.start >= size:
         raise unsatisfiable
+
+
+class AudioFileResponse(web.FileResponse):
+    """aiohttp's FileResponse (its sendfile path) for a file opened by `open_audio`, its conditions decided.
+
+    Counted in `speccyd_active_streams` while it is sent (all of it happens in prepare).
+    """
+
+    def __init__(self, metrics: Metrics, audio: OpenAudio, headers: dict[str, str], request: web.Request) -> None:
+        super().__init__(audio.path, headers=headers)
+        self._audio = audio
+        self._active = metrics.active_streams
+        self._request = request
+
+    def _make_response(
+        self, request: web.BaseRequest, accept_encoding: str
+    ) -> tuple[_FileResponseResult, io.BufferedReader | None, os.stat_result, str | None]:
+        # aiohttp would stat and open the path again here: a DELETE in between got a 404 with the audio
+        # Content-Type and an empty body. The file is already open, and its preconditions already decided.
+        return _FileResponseResult.SEND_FILE, self._audio.file, self._audio.st, None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        self._active.inc()
+        try:
+            return await super().prepare(self._request)
+        finally:
+            self._active.dec()
+
+
+def whole_file_request(request: web.Request) -> web.Request:
+    """The request without Range and conditional headers, for `audio_response(conditional=False)`; made
+    before the body is read (aiohttp clones only an unread request)."""
+    return _without(request, _RANGE | _CONDITIONS)
+
+
+def _without(request: web.Request, names: set[str]) -> web.Request:
+    # Only ASCII values: clone() encodes them as UTF-8, and a header byte past ASCII (a surrogate escape here)
+    # made it raise, so the connection dropped with a traceback in the log.
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in names and v.isascii()}
+    return request.clone(headers=headers)
+
+
+async def audio_response(
+    request: web.Request, metrics: Metrics, path: Path, headers: dict[str, str], *, conditional: bool = True
+) -> web.StreamResponse:
+    """The audio at `path` for this request: 304, 206, 200, or a JSON 404/412/416.
+
+    `conditional=False` (POST /v1/audio/speech) answers the whole file whatever Range and conditions say:
+    both are defined for reading a resource, not for the answer of a POST. `request` is then one made by
+    `whole_file_request`.
+    """
+    audio = await open_audio(path)
+    try:
+        if not conditional:
+            return AudioFileResponse(metrics, audio, headers, request)
+        if not_modified(request, audio.etag, audio.last_modified):
+            audio.file.close()
+            last_modified = formatdate(audio.last_modified, usegmt=True)
+            return web.Response(status=304, headers={**headers, "ETag": audio.etag, "Last-Modified": last_modified})
+        ranged = _range_applies(request, audio)
+    except BaseException:
+        audio.file.close()
+        raise
+    return AudioFileResponse(metrics, audio, headers, _without(request, {"if-range"} if ranged else _RANGE))
 
 
 async def stream_live(

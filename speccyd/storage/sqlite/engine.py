@@ -24,8 +24,11 @@ T = TypeVar("T")
 
 # A writer in another process (`speccyd purge`) may hold the lock briefly; wait for it instead of failing.
 BUSY_TIMEOUT_MS = 5000
-# Readers serve reports and lookups; two keep one long report from delaying a library page on 2 cores.
+# Readers serve the lookups of requests (status, a file, a library page); two keep one long page from
+# delaying the next lookup on 2 cores. Reports (usage, metrics, the admin CLI) have a reader of their own, so
+# however many of them run at once, they queue behind each other, never in front of a request's lookup.
 READERS = 2
+REPORT_READERS = 1
 
 
 def prepare(db: sqlite3.Connection) -> None:
@@ -59,6 +62,7 @@ class Engine:
         self._readers = readers
         self._writer: ThreadPoolExecutor | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
+        self._report_pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._reader_dbs: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -119,6 +123,12 @@ class Engine:
             self._reader_pool = ThreadPoolExecutor(max_workers=self._readers, thread_name_prefix="speccyd-db-read")
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, lambda: fn(self._reader()))
 
+    async def report(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Like `read`, on the report reader: for reports over many rows (usage, metrics, user lists)."""
+        if self._report_pool is None:
+            self._report_pool = ThreadPoolExecutor(max_workers=REPORT_READERS, thread_name_prefix="speccyd-db-report")
+        return await asyncio.get_running_loop().run_in_executor(self._report_pool, lambda: fn(self._reader()))
+
     @property
     def connection(self) -> sqlite3.Connection:
         """The writer connection, for maintenance run synchronously by the CLI (backup, restore)."""
@@ -128,10 +138,10 @@ class Engine:
         self.shutdown()
 
     def shutdown(self) -> None:
-        for pool in (self._writer, self._reader_pool):
+        for pool in (self._writer, self._reader_pool, self._report_pool):
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._writer = self._reader_pool = None
+        self._writer = self._reader_pool = self._report_pool = None
         for db in self._reader_dbs:
             db.close()
         self._reader_dbs.clear()

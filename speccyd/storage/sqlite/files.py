@@ -18,11 +18,33 @@ from speccyd.storage.records import (
     Limits,
     NewFile,
     PurgeFilter,
+    TokenUsage,
 )
 from speccyd.storage.sqlite.engine import Engine
 
 FILE_COLUMNS = ", ".join(FileRow.__dataclass_fields__)
 _PLACEHOLDERS = ", ".join("?" * len(FileRow.__dataclass_fields__))
+
+# A failed row keeps this much of its text: enough for the library's preview (PREVIEW_CHARS in
+# web/handlers/library.py), not 100,000 characters for the whole retention.
+FAILED_TEXT_KEPT = 200
+# An upstream's error message can be a whole HTML page; what is kept of it.
+MAX_ERROR_CHARS = 1000
+# Failed rows kept per user (newest first): an account without credit failing every request cannot grow the
+# database without bound, whatever its limits.
+MAX_FAILED_KEPT = 100
+
+
+def _total(row: FileRow) -> int | None:
+    if row.input_tokens is None or row.output_tokens is None:
+        return None
+    return row.input_tokens + row.output_tokens
+
+
+def _tokens(hit: Hit) -> int | None:
+    if hit.input_tokens is None or hit.output_tokens is None:
+        return None
+    return hit.input_tokens + hit.output_tokens
 
 
 def file_row(row: sqlite3.Row | tuple[Any, ...] | None) -> FileRow | None:
@@ -34,30 +56,33 @@ def start_of_day(now: float) -> float:
     return now - (now % 86400)
 
 
-def _check_limits(db: sqlite3.Connection, user_id: str, characters: int, defaults: Limits, now: float) -> None:
+def _check_limits(db: sqlite3.Connection, user_id: str, new: NewFile, defaults: Limits, now: float) -> None:
     row = db.execute(
         "SELECT limit_daily_chars, limit_storage_bytes, limit_max_files FROM users WHERE id = ?", (user_id,)
     ).fetchone()
     limits = LimitOverrides(*row).apply(defaults) if row is not None else defaults
+    characters = len(new.text)
     if limits.daily_chars:
-        # In-flight generations count too: a burst of new requests cannot all pass before any finishes.
+        # Everything sent upstream today: generations in flight, finished, failed or deleted since (each is
+        # logged when it is claimed), so neither a burst nor deleting mid-generation slips past the limit.
         used = db.execute(
-            "SELECT (SELECT coalesce(sum(characters), 0) FROM usage_log "
-            "        WHERE user_id = ? AND kind = 'generated' AND at >= ?) + "
-            "       (SELECT coalesce(sum(characters), 0) FROM audio_files "
-            "        WHERE user_id = ? AND status = 'generating')",
-            (user_id, start_of_day(now), user_id),
+            "SELECT coalesce(sum(characters), 0) FROM usage_log "
+            "WHERE user_id = ? AND kind IN ('generated', 'failed') AND at >= ?",
+            (user_id, start_of_day(now)),
         ).fetchone()[0]
         if used + characters > limits.daily_chars:
             raise LimitReached("daily_chars", limits.daily_chars, used, None)
     if limits.storage_bytes or limits.max_files:
+        # Kept files are the ready ones, the ones in flight (at their estimated size until they are stored)
+        # and the failed ones (they hold a row until they expire or are deleted).
         files, stored, first_expiry = db.execute(
-            "SELECT count(*), coalesce(sum(size_bytes), 0), min(expires_at) FROM audio_files "
-            "WHERE user_id = ? AND (status = 'generating' OR (status = 'ready' AND expires_at > ?))",
+            "SELECT count(*), coalesce(sum(coalesce(size_bytes, reserved_bytes, 0)), 0), min(expires_at) "
+            "FROM audio_files WHERE user_id = ? AND (status = 'generating' OR expires_at > ?)",
             (user_id, now),
         ).fetchone()
-        if limits.storage_bytes and stored >= limits.storage_bytes:
-            raise LimitReached("storage", limits.storage_bytes, stored, first_expiry)
+        needed = new.reserved_bytes or 0
+        if limits.storage_bytes and stored + needed > limits.storage_bytes:
+            raise LimitReached("storage", limits.storage_bytes, stored, first_expiry, needed)
         if limits.max_files and files >= limits.max_files:
             raise LimitReached("max_files", limits.max_files, files, first_expiry)
 
@@ -150,12 +175,13 @@ class FileQueries(Engine):
                     (now + retention, now, old.id),
                 )
                 db.execute(
-                    "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
-                    (user_id, now, old.model, old.characters),
+                    "INSERT INTO usage_log (user_id, at, kind, model, characters, input_tokens, output_tokens, "
+                    "tokens) VALUES (?, ?, 'cache_hit', ?, ?, ?, ?, ?)",
+                    (user_id, now, old.model, old.characters, old.input_tokens, old.output_tokens, _total(old)),
                 )
                 hit = FileRow(**{**old.__dict__, "expires_at": now + retention, "updated_at": now})
                 return Claim(hit, created=False, replaced=None)
-            _check_limits(db, user_id, len(new.text), limits, now)
+            _check_limits(db, user_id, new, limits, now)
             if old is not None:
                 db.execute("DELETE FROM audio_files WHERE id = ?", (old.id,))
             row = FileRow(
@@ -173,6 +199,12 @@ class FileQueries(Engine):
             )
             db.execute(
                 f"INSERT INTO audio_files ({FILE_COLUMNS}) VALUES ({_PLACEHOLDERS})", tuple(row.__dict__.values())
+            )
+            # Counted from now: the text goes upstream whether the audio ends up stored, fails or is deleted.
+            db.execute(
+                "INSERT INTO usage_log (user_id, at, kind, model, characters, file_id) "
+                "VALUES (?, ?, 'generated', ?, ?, ?)",
+                (user_id, now, row.model, row.characters, row.id),
             )
             return Claim(row, created=True, replaced=old)
 
@@ -254,43 +286,66 @@ class FileQueries(Engine):
                 [(at, u) for u, at in latest_user.items()],
             )
             db.executemany(
-                "INSERT INTO usage_log (user_id, at, kind, model, characters) VALUES (?, ?, 'cache_hit', ?, ?)",
-                [(h.user_id, h.at, h.model, h.characters) for h in hits],
+                "INSERT INTO usage_log (user_id, at, kind, model, characters, input_tokens, output_tokens, tokens) "
+                "VALUES (?, ?, 'cache_hit', ?, ?, ?, ?, ?)",
+                [(h.user_id, h.at, h.model, h.characters, h.input_tokens, h.output_tokens, _tokens(h)) for h in hits],
             )
 
         await self.write(record)
 
     async def mark_ready(
-        self, file_id: str, size: int, sha256: str, now: float, retention: float, tokens: int | None = None
+        self, file_id: str, size: int, sha256: str, now: float, retention: float, usage: TokenUsage | None = None
     ) -> bool:
         """False when the row is gone (deleted or purged meanwhile): the caller then removes the audio."""
+        tokens = (None, None, None) if usage is None else (usage.input_tokens, usage.output_tokens, usage.total)
 
         def mark(db: sqlite3.Connection) -> bool:
             row = db.execute(
                 "UPDATE audio_files SET status = 'ready', size_bytes = ?, sha256 = ?, error = NULL, "
-                "error_code = NULL, upstream_status = NULL, updated_at = ?, expires_at = ? "
-                "WHERE id = ? AND status = 'generating' RETURNING user_id, model, characters",
-                (size, sha256, now, now + retention, file_id),
+                "error_code = NULL, upstream_status = NULL, reserved_bytes = NULL, input_tokens = ?, "
+                "output_tokens = ?, updated_at = ?, expires_at = ? WHERE id = ? AND status = 'generating' "
+                "RETURNING id",
+                (size, sha256, tokens[0], tokens[1], now, now + retention, file_id),
             ).fetchone()
             if row is None:
                 return False
             db.execute(
-                "INSERT INTO usage_log (user_id, at, kind, model, characters, tokens) "
-                "VALUES (?, ?, 'generated', ?, ?, ?)",
-                (row[0], now, row[1], row[2], tokens),
+                "UPDATE usage_log SET input_tokens = ?, output_tokens = ?, tokens = ? WHERE file_id = ?",
+                (*tokens, file_id),
             )
             return True
 
         return await self.write(mark)
 
     async def mark_failed(self, file_id: str, failure: Failure, now: float) -> None:
-        await self.write(
-            lambda db: db.execute(
-                "UPDATE audio_files SET status = 'failed', error = ?, error_code = ?, upstream_status = ?, "
-                "updated_at = ? WHERE id = ? AND status = 'generating'",
-                (failure.message, failure.code, failure.upstream_status, now, file_id),
+        """The generation failed: keep why (bounded), and only a preview of the text, which the row no longer
+        needs (asking again sends the whole text). Its characters stay counted (usage kind 'failed'), and a
+        user keeps at most MAX_FAILED_KEPT failed rows: the oldest go first."""
+
+        def mark(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "UPDATE audio_files SET status = 'failed', text = substr(text, 1, ?), error = ?, error_code = ?, "
+                "upstream_status = ?, reserved_bytes = NULL, updated_at = ? WHERE id = ? AND status = 'generating' "
+                "RETURNING user_id",
+                (
+                    FAILED_TEXT_KEPT,
+                    failure.message[:MAX_ERROR_CHARS],
+                    failure.code,
+                    failure.upstream_status,
+                    now,
+                    file_id,
+                ),
+            ).fetchone()
+            if row is None:
+                return
+            db.execute("UPDATE usage_log SET kind = 'failed' WHERE file_id = ? AND kind = 'generated'", (file_id,))
+            db.execute(
+                "DELETE FROM audio_files WHERE id IN (SELECT id FROM audio_files WHERE user_id = ? "
+                "AND status = 'failed' ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
+                (row[0], MAX_FAILED_KEPT),
             )
-        )
+
+        await self.write(mark)
 
     async def get_file(self, file_id: str) -> FileRow | None:
         return await self.read(

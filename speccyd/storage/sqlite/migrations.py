@@ -9,6 +9,8 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 
+from speccyd.storage.contenthash import content_hash_v2
+
 
 def _m1_initial(db: sqlite3.Connection) -> None:
     statements = [
@@ -150,11 +152,97 @@ def _m4_failure_codes(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _m5_content_hash_v2(db: sqlite3.Connection) -> None:
+    """Every file's content hash in the unambiguous v2 encoding (storage/contenthash.py), computed from its row.
+
+    Idempotent (a row that already has its v2 hash is not touched) and streamed in batches: 100,000 files
+    take about three seconds. Each changed row takes a new change number (the seq trigger), so syncing devices
+    are sent every file again with its new hash. Tombstones keep the hash they were written with.
+    """
+    # In change order, so the new change numbers keep the order devices saw; in batches, each read whole
+    # before its updates (a statement still reading a table the same connection updates is undefined).
+    ids = [r[0] for r in db.execute("SELECT id FROM audio_files ORDER BY seq, rowid")]
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        fields = {
+            r[0]: r[1:]
+            for r in db.execute(
+                "SELECT id, model, voice, format, speed, instructions, text, content_hash FROM audio_files "
+                f"WHERE id IN ({', '.join('?' * len(batch))})",
+                batch,
+            )
+        }
+        changed = [
+            (new, file_id) for file_id in batch if (new := content_hash_v2(*fields[file_id][:6])) != fields[file_id][6]
+        ]
+        # Two rows of one user with the same content cannot both exist (v1 hashed the same content alike), but
+        # a hand-edited or crafted file must not stop the server from starting: the later duplicate goes
+        # (its audio, without a row, is swept at start).
+        updated = db.executemany("UPDATE OR IGNORE audio_files SET content_hash = ? WHERE id = ?", changed).rowcount
+        if updated < len(changed):
+            for new, file_id in changed:
+                db.execute("DELETE FROM audio_files WHERE id = ? AND content_hash != ?", (file_id, new))
+
+
+def _m6_accounting_v2(db: sqlite3.Connection) -> None:
+    """Usage that counts from the moment text goes upstream, daily roll-ups, reservations and token counts.
+
+    - usage_log is rebuilt (a CHECK cannot be altered in SQLite) with kind 'failed' (sent upstream, no audio),
+      the file it is about (its tokens and its fate are written to it later) and input/output tokens.
+    - usage_daily holds whole UTC days of usage summed per user, model and kind; the cleanup moves raw rows
+      older than yesterday into it, so reports read a few rows per day instead of one per request.
+    - audio_files.reserved_bytes: the expected size of audio still being generated (storage_quota);
+      input_tokens/output_tokens: what the upstream billed for it, when it said.
+    """
+    statements = [
+        """CREATE TABLE usage_log_v2 (
+            id INTEGER PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('generated', 'failed', 'cache_hit')),
+            model TEXT NOT NULL,
+            characters INTEGER NOT NULL,
+            tokens INTEGER,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            file_id TEXT
+        )""",
+        """INSERT INTO usage_log_v2 (id, user_id, at, kind, model, characters, tokens)
+            SELECT id, user_id, at, kind, model, characters, tokens FROM usage_log""",
+        "DROP TABLE usage_log",
+        "ALTER TABLE usage_log_v2 RENAME TO usage_log",
+        "CREATE INDEX usage_log_user_at ON usage_log(user_id, at)",
+        "CREATE INDEX usage_log_at ON usage_log(at)",
+        "CREATE INDEX usage_log_file ON usage_log(file_id) WHERE file_id IS NOT NULL",
+        """CREATE TABLE usage_daily (
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            day INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('generated', 'failed', 'cache_hit')),
+            events INTEGER NOT NULL,
+            characters INTEGER NOT NULL,
+            tokens INTEGER,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            tokened_characters INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, day, model, kind)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX usage_daily_day ON usage_daily(day)",
+        "ALTER TABLE audio_files ADD COLUMN reserved_bytes INTEGER",
+        "ALTER TABLE audio_files ADD COLUMN input_tokens INTEGER",
+        "ALTER TABLE audio_files ADD COLUMN output_tokens INTEGER",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only: a migration that has shipped is never edited, and its position is its version.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m1_initial,
     _m2_change_log,
     _m3_accounting,
     _m4_failure_codes,
+    _m5_content_hash_v2,
+    _m6_accounting_v2,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

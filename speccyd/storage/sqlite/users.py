@@ -76,13 +76,16 @@ class UserQueries(Engine):
     async def user_keys(self) -> list[tuple[str, bytes]]:
         return await self.read(lambda db: [(r[0], bytes(r[1])) for r in db.execute("SELECT id, key_enc FROM users")])
 
-    async def rewrap_user_keys(self, rows: list[tuple[str, str, bytes]]) -> None:
-        """Replace (user_id, key_hash, key_enc) for every user in one transaction (secret rotation)."""
-        await self.write(
-            lambda db: db.executemany(
-                "UPDATE users SET key_hash = ?, key_enc = ? WHERE id = ?", [(h, e, u) for u, h, e in rows]
-            )
-        )
+    async def rewrap_user_keys(self, rows: list[tuple[str, str, bytes]], meta: tuple[str, str] | None = None) -> None:
+        """Replace (user_id, key_hash, key_enc) for every user in one transaction (secret rotation), with a
+        meta (key, value) written in the same transaction."""
+
+        def rewrap(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE users SET key_hash = ?, key_enc = ? WHERE id = ?", [(h, e, u) for u, h, e in rows])
+            if meta is not None:
+                set_meta(db, *meta)
+
+        await self.write(rewrap)
 
     async def find_users(self, prefix: str) -> list[str]:
         return await self.read(
@@ -104,7 +107,7 @@ class UserQueries(Engine):
             )
             return [UserInfo(r[0], r[1], r[2], r[3], r[4], r[5], LimitOverrides(r[6], r[7], r[8])) for r in rows]
 
-        return await self.read(infos)
+        return await self.report(infos)
 
     async def user_overrides(self, user_id: str) -> LimitOverrides:
         row = await self.read(

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from speccyd import __version__
 from speccyd.appkeys import CLOCK, DATABASE, SETTINGS, STARTED_AT
+from speccyd.config.text import describe
 from speccyd.config.units import format_duration, format_size, iso
 from speccyd.generation.cleanup import LAST_CLEANUP
 
@@ -36,7 +37,7 @@ async def healthz(request: web.Request) -> web.Response:
         problems.append(f"database: a write did not finish within {DB_TIMEOUT:g}s (locked or stalled)")
     except Exception as e:
         checks["database"] = {"ok": False}
-        problems.append(f"database: cannot write ({e})")
+        problems.append(f"database: cannot write ({describe(e)})")
 
     try:
         free = shutil.disk_usage(settings.data_dir).free

@@ -12,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any
+import tempfile
+from collections.abc import Callable
+from typing import IO, Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from speccyd.appkeys import FILES, METRICS, SETTINGS
+from speccyd.appkeys import BLOBS, FILES, METRICS, SETTINGS
 from speccyd.config.units import format_size
 from speccyd.generation.errors import AudioTooLarge, InvalidAudio, InvalidRequest, QuotaExceeded
 from speccyd.generation.speech import SpeechRequest, parse_speech_request
 from speccyd.web.auth import require_user
-from speccyd.web.common import file_json
+from speccyd.web.common import file_json, own_body_limit
 from speccyd.web.errors import ApiError
 
 routes = web.RouteTableDef()
@@ -105,14 +107,27 @@ def _speech(fields: dict[str, Any], max_text_chars: int) -> SpeechRequest:
     return speech
 
 
+async def _receive(body: _Body, part: BodyPartReader, sink: Callable[[bytes], Any], limit: int) -> None:
+    """The audio part, block by block into `sink`, refused past `limit` bytes."""
+    received = 0
+    while block := await body.chunk(part):
+        received += len(block)
+        if received > limit:
+            raise AudioTooLarge(
+                f"the audio is larger than this server's import limit of {format_size(limit)} (max_import_size)"
+            )
+        sink(block)
+
+
 @routes.post("/files/import")
+@own_body_limit  # max_import_size, checked below from Content-Length and as the audio arrives
 async def import_audio(request: web.Request) -> web.Response:
     """Store the audio of a request the user has already paid for: 201 new, 200 already here, 202 generating."""
     user_id = require_user(request)
-    settings, files, outcomes = request.app[SETTINGS], request.app[FILES], request.app[METRICS].imports
+    settings, outcomes = request.app[SETTINGS], request.app[METRICS].imports
     if request.content_type != "multipart/form-data":
         raise ApiError(
-            415, "unsupported_media_type", "send multipart/form-data: a 'request' part (JSON), then an 'audio' part"
+            415, "unsupported_media_type", "send multipart/form-data: a 'request' part (JSON) and an 'audio' part"
         )
     if (request.content_length or 0) > settings.max_import_size + MAX_FIELDS + 64 * 1024:
         outcomes.labels("too_large").inc()  # refused before a byte of it is read
@@ -125,32 +140,11 @@ async def import_audio(request: web.Request) -> web.Response:
         reader = await request.multipart()
     except (ValueError, AssertionError, KeyError, HttpProcessingError) as e:
         raise ApiError(400, "invalid_multipart", f"the multipart body cannot be read: {e}") from None
-    part = await body.part(reader)
-    if part is None or part.name != "request":
-        raise ApiError(400, "invalid_import", "the first part must be 'request': the JSON fields of the audio")
-    speech = _speech(_fields(await body.small(part, MAX_FIELDS)), settings.max_text_chars)
-    part = await body.part(reader)
-    if part is None or part.name != "audio":
-        raise ApiError(400, "invalid_import", "the second part must be 'audio': the audio file")
-
-    existing = await files.import_existing(user_id, speech.content_hash)
-    if existing is not None:
-        received = 0
-        while block := await body.chunk(part):  # read to the end, so the client gets its answer; not stored
-            received += len(block)
-            if received > settings.max_import_size:
-                outcomes.labels("too_large").inc()
-                raise AudioTooLarge(f"the audio is larger than {format_size(settings.max_import_size)}")
-        outcomes.labels("kept").inc()
-        return web.json_response(file_json(request, existing), status=200 if existing.status == "ready" else 202)
-
-    upload = files.importer.upload(speech.format)
+    first = await body.part(reader)
+    if first is None or first.name not in ("request", "audio"):
+        raise ApiError(400, "invalid_import", "the parts are 'request' (the JSON fields of the audio) and 'audio'")
     try:
-        while block := await body.chunk(part):
-            upload.write(block)
-        if await body.part(reader) is not None:
-            raise ApiError(400, "invalid_import", "only two parts: 'request', then 'audio'")
-        imported = await files.import_upload(user_id, speech, upload)
+        return await _store(request, body, reader, first, user_id)
     except AudioTooLarge:
         outcomes.labels("too_large").inc()
         raise
@@ -160,8 +154,56 @@ async def import_audio(request: web.Request) -> web.Response:
     except QuotaExceeded:
         outcomes.labels("quota_exceeded").inc()
         raise
+
+
+async def _store(
+    request: web.Request, body: _Body, reader: MultipartReader, first: BodyPartReader, user_id: str
+) -> web.Response:
+    """The two parts, in either order, then the audio stored (or the file that is already there)."""
+    settings, files, outcomes = request.app[SETTINGS], request.app[FILES], request.app[METRICS].imports
+    spool: IO[bytes] | None = None
+    fields_part = first
+    try:
+        if first.name == "audio":
+            # The audio first (a generated client may order the parts by name): kept on disk, unread, until
+            # the request part says what it is meant to be.
+            spool = tempfile.TemporaryFile(dir=request.app[BLOBS].spool_dir)  # noqa: SIM115 - closed below
+            await _receive(body, first, spool.write, settings.max_import_size)
+            second = await body.part(reader)
+            if second is None or second.name != "request":
+                raise ApiError(400, "invalid_import", "after 'audio' the part must be 'request': its JSON fields")
+            fields_part = second
+        speech = _speech(_fields(await body.small(fields_part, MAX_FIELDS)), settings.max_text_chars)
+        audio_part = None
+        if spool is None:
+            audio_part = await body.part(reader)
+            if audio_part is None or audio_part.name != "audio":
+                raise ApiError(400, "invalid_import", "after 'request' the part must be 'audio': the audio file")
+
+        existing = await files.import_existing(user_id, speech.content_hash)
+        if existing is not None:
+            if audio_part is not None:  # read to the end, so the client gets its answer; not stored
+                await _receive(body, audio_part, lambda block: None, settings.max_import_size)
+            outcomes.labels("kept").inc()
+            return web.json_response(file_json(request, existing), status=200 if existing.status == "ready" else 202)
+
+        upload = files.importer.upload(speech.format)
+        try:
+            if spool is not None:
+                spool.seek(0)
+                while block := spool.read(READ):
+                    upload.write(block)
+            else:
+                assert audio_part is not None
+                await _receive(body, audio_part, upload.write, settings.max_import_size)
+            if await body.part(reader) is not None:
+                raise ApiError(400, "invalid_import", "only two parts: 'request' and 'audio'")
+            imported = await files.import_upload(user_id, speech, upload)
+        finally:
+            upload.discard()  # a no-op once it was stored
     finally:
-        upload.discard()  # a no-op once it was stored
+        if spool is not None:
+            spool.close()
     outcomes.labels("imported" if imported.created else "kept").inc()
     status = 201 if imported.created else 200 if imported.row.status == "ready" else 202
     return web.json_response(file_json(request, imported.row), status=status)

@@ -38,8 +38,9 @@ def file_meta(request: web.Request, row: FileRow) -> dict[str, Any]:
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int, code: str) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
+    # An empty value is not "absent": the contract (a pattern of one or more digits) refuses it too.
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or not low <= int(raw) <= high:
         raise ApiError(400, code, f"{name} must be a whole number from {low} to {high}")
     return int(raw)

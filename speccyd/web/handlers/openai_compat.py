@@ -11,16 +11,16 @@ from typing import Any
 
 from aiohttp import web
 
-from speccyd.appkeys import BLOBS, DATABASE, FILES, GENERATE_LIMIT, RUNNER, SETTINGS
-from speccyd.generation.errors import InvalidRequest
-from speccyd.generation.speech import MODELS, VOICES, parse_speech_request
+from speccyd.appkeys import BLOBS, DATABASE, FILES, GENERATE_LIMIT, METRICS, RUNNER, SETTINGS
+from speccyd.generation.errors import FileNotFound, InvalidRequest
+from speccyd.generation.speech import SpeechChoices, parse_speech_request
 from speccyd.media.formats import CONTENT_TYPES
 from speccyd.security.errors import RateLimited
 from speccyd.storage.records import FileRow
 from speccyd.web.auth import require_user_or_key
 from speccyd.web.common import json_body
 from speccyd.web.errors import ApiError
-from speccyd.web.streaming import stream_live
+from speccyd.web.streaming import audio_response, stream_live, whole_file_request
 
 routes = web.RouteTableDef()
 
@@ -96,10 +96,13 @@ async def speech(request: web.Request) -> web.StreamResponse:
     wait = request.app[GENERATE_LIMIT].take(user_id)
     if wait:
         raise RateLimited(wait)
+    whole = whole_file_request(request)  # before the body is read: the audio answer ignores Range
     body = await json_body(request)
     settings = request.app[SETTINGS]
     try:
-        speech = parse_speech_request(_speccy_body(body), settings.max_text_chars, settings.upstream_max_chars)
+        speech = parse_speech_request(
+            _speccy_body(body), settings.max_text_chars, settings.upstream_max_chars, SpeechChoices.of(settings)
+        )
     except InvalidRequest as e:
         # The message and the field in OpenAI's names, which these clients know.
         param = _OPENAI_PARAM.get(e.param, e.param)
@@ -120,10 +123,16 @@ async def speech(request: web.Request) -> web.StreamResponse:
         if live.state == "generating" and live.length > 0:
             return await stream_live(request, live, row, {"X-Speccy-File-Id": row.id})
     row = await _wait_ready(request, row)
-    path = request.app[BLOBS].local_path(row.id, row.format)
-    if not path.is_file():  # purged between the status check and now
-        raise ApiError(409, "cancelled", "the audio was deleted while it was being sent")
-    return web.FileResponse(path, headers={"Content-Type": CONTENT_TYPES[row.format], "X-Speccy-File-Id": row.id})
+    try:
+        return await audio_response(
+            whole,
+            request.app[METRICS],
+            request.app[BLOBS].local_path(row.id, row.format),
+            {"Content-Type": CONTENT_TYPES[row.format], "X-Speccy-File-Id": row.id},
+            conditional=False,  # the answer of a POST: Range and conditional headers do not apply
+        )
+    except FileNotFound:  # purged between the status check and now
+        raise ApiError(409, "cancelled", "the audio was deleted while it was being sent") from None
 
 
 def _model(model_id: str) -> dict[str, Any]:
@@ -132,19 +141,22 @@ def _model(model_id: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def models(request: web.Request) -> web.Response:
-    """The text-to-speech models speccyd accepts (a fixed list: no upstream call, no sign-in)."""
-    return web.json_response({"object": "list", "data": [_model(m) for m in MODELS]})
+    """The text-to-speech models speccyd accepts (the `models` setting: no upstream call, no sign-in)."""
+    models = request.app[SETTINGS].models
+    return web.json_response({"object": "list", "data": [_model(m) for m in models]})
 
 
 @routes.get("/v1/models/{model}")
 async def model(request: web.Request) -> web.Response:
+    """One model, a dated snapshot of a listed one included."""
     model_id = request.match_info["model"]
-    if model_id not in MODELS:
+    if SpeechChoices.of(request.app[SETTINGS]).base_model(model_id) is None:
         raise ApiError(404, "model_not_found", f"the model '{model_id}' does not exist", param="model")
     return web.json_response(_model(model_id))
 
 
 @routes.get("/v1/audio/voices")
 async def voices(request: web.Request) -> web.Response:
-    """The voices speech requests may name."""
-    return web.json_response({"object": "list", "data": [{"id": v, "name": v.capitalize()} for v in VOICES]})
+    """The voices speech requests may name (the `voices` setting)."""
+    voices = request.app[SETTINGS].voices
+    return web.json_response({"object": "list", "data": [{"id": v, "name": v.capitalize()} for v in voices]})

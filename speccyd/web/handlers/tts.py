@@ -6,7 +6,7 @@ from aiohttp import web
 
 from speccyd.appkeys import CLOCK, FILES, GENERATE_LIMIT, RUNNER, SETTINGS
 from speccyd.generation.errors import FileNotFound
-from speccyd.generation.speech import parse_speech_request
+from speccyd.generation.speech import SpeechChoices, parse_speech_request
 from speccyd.security.errors import RateLimited
 from speccyd.web.auth import require_user
 from speccyd.web.common import CONTENT_HASH, FILE_ID, file_json, json_body
@@ -22,7 +22,9 @@ async def generate(request: web.Request) -> web.Response:
     if wait:
         raise RateLimited(wait)
     settings = request.app[SETTINGS]
-    speech = parse_speech_request(await json_body(request), settings.max_text_chars, settings.upstream_max_chars)
+    speech = parse_speech_request(
+        await json_body(request), settings.max_text_chars, settings.upstream_max_chars, SpeechChoices.of(settings)
+    )
     row = await request.app[FILES].request(user_id, speech)
     return web.json_response(file_json(request, row), status=200 if row.status == "ready" else 202)
 
