@@ -29,7 +29,8 @@ from typing import Any
 
 import aiohttp
 
-from speccyd.generation.chunking import split_text
+from speccyd.config.settings import SPECS
+from speccyd.generation.textplan import plan_text
 from tests.fake_upstream import FakeUpstream, serve_fake
 
 HOST = "127.0.0.1"  # loopback only
@@ -192,9 +193,11 @@ async def main(quick: bool) -> int:
                 # 2. a 100,000-character document
                 chars = 20_000 if quick else 100_000
                 text = document(chars)
-                chunks = len(split_text(text, 4096))
+                # One upstream call per read-along piece (timeline_chars, textplan.py), as speccyd cuts it.
+                chunks = len(plan_text(text, min(int(SPECS["timeline_chars"].default), 4096)).pieces)
                 rounds = math.ceil(chunks / 4)
-                first, total, _ = await bounded("long document", via_speccyd(session, server, auth, text))
+                # pcm: the fake upstream's bytes are not mp3 frames, which a joined mp3 would keep none of.
+                first, total, _ = await bounded("long document", via_speccyd(session, server, auth, text, "pcm"))
                 budget = 1.3 * rounds * per_call
                 print(f"\nA {chars:,}-character document: {chunks} chunks, chunk_concurrency 4,", end=" ")
                 print(f"upstream call {per_call:.2f} s")

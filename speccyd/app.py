@@ -146,10 +146,16 @@ async def files_ctx(app: web.Application) -> AsyncIterator[None]:
         runner.start(row)
     if interrupted:
         log.info("resumed %d generations interrupted by the last shutdown", len(interrupted))
-    async with background(files.flush_hits_forever()):
+    async with background(files.flush_hits_forever()), background(_backfill(files)):
         yield
     await runner.close()
     await files.flush_hits()
+
+
+async def _backfill(files: FileService) -> None:
+    counted = await files.backfill_timelines()
+    if counted:
+        log.info("counted the timelines of %d files made before speccyd kept them", counted)
 
 
 async def cleanup_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -313,3 +313,21 @@ async def test_a_get_racing_a_delete_never_gets_an_empty_audio_404(client: AppCl
                 assert response.headers["Content-Type"].startswith("application/json")
                 assert json.loads(body)["error"]["code"] == "not_found"
         assert (await deleted).status == 200
+
+
+async def test_a_range_sent_twice_is_judged_by_the_first(client: AppClient, fake: FakeUpstream) -> None:
+    """Two Range headers, the second unsatisfiable: the first decides (206), never aiohttp's empty 416."""
+    headers = await sign_in(client)
+    _, body = await generate(client, headers)
+    await wait_status(client, headers, body["content_hash"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        f"GET /files/{body['file_id']} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: {headers['Authorization']}\r\nRange: bytes=0-1\r\nRange: bytes=99999999-\r\n\r\n".encode()
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 206 "), answer[:300]
+    assert (
+        answer.partition(b"\r\n\r\n")[2] == FakeUpstream.audio_for(fake.speech_calls[0].body or {}, fake.audio_size)[:2]
+    )

@@ -18,8 +18,10 @@ from jsonschema import Draft202012Validator
 from speccyd.generation.speech import MODELS, VOICES
 from speccyd.media.formats import FORMATS
 from speccyd.web.handlers.contract import openapi_document
-from tests.conftest import AppClient, generate, sign_in, wait_status
+from tests.conftest import AppClient, eventually, generate, sign_in, wait_status
 from tests.fake_upstream import Fault
+from tests.playback_helpers import clips
+from tests.test_playback import document
 
 DOC: dict[str, Any] = json.loads(openapi_document())
 # The schemathesis failures that are intended behaviour, each explained in docs/security.md ("Contract").
@@ -137,6 +139,58 @@ async def test_real_responses_validate_against_the_document(client: AppClient) -
     await call(client, "GET", "/v1/models/tts-1")
     await call(client, "GET", "/v1/models/dall-e")
     await call(client, "GET", "/v1/audio/voices")
+
+
+async def test_playback_responses_validate_against_the_document(make_client: Any, fake: Any) -> None:
+    """Playlists (live and complete), segments (whole, ranged, 304, 416), timelines and positions, from a live
+    server, and their errors, match the document."""
+    fake.clips = clips()
+    client = await make_client(upstream_max_chars=200)
+    headers = await sign_in(client)
+    release = asyncio.Event()
+    fake.faults.append(Fault("pause_mid", pause=release, match="Paragraph 3 "))
+    _, body = await call(client, "POST", "/tts/generate", json={"text": document(6)}, headers=headers)
+    created = json.loads(body)
+    file_path = f"/files/{created['file_id']}"
+    await eventually(lambda: any("Paragraph 3 " in str((c.body or {})["input"]) for c in fake.speech_calls))
+    await call(client, "GET", created["playlist_url"])
+    await call(client, "GET", f"{file_path}/timeline", headers=headers)
+    await call(client, "GET", file_path, headers={**headers, "Range": "bytes=0-99"})
+    release.set()
+    await wait_status(client, headers, created["content_hash"])
+    ready = json.loads((await call(client, "GET", f"/tts/{created['content_hash']}/status", headers=headers))[1])
+    _, playlist = await call(client, "GET", ready["playlist_url"])
+    segment = next(line for line in playlist.decode().splitlines() if line.startswith("segments/"))
+    uri = f"{file_path}/{segment}"
+    _, whole = await call(client, "GET", uri)
+    await call(client, "GET", uri, headers={"Range": "bytes=0-9"})
+    await call(client, "GET", uri, headers={"Range": f"bytes={len(whole)}-"})
+    etag = (await client.get(uri)).headers["ETag"]
+    await call(client, "GET", uri, headers={"If-None-Match": etag})
+    await call(client, "GET", f"{file_path}/segments/{'0' * 16}-0.mp3", headers=headers)
+    await call(client, "GET", f"{file_path}/timeline", headers=headers)
+    await call(client, "GET", f"{file_path}/meta", headers=headers)
+    await call(client, "GET", "/files", headers=headers)
+    await call(client, "PUT", f"{file_path}/position", json={"position_s": 3.5, "device": "iPhone"}, headers=headers)
+    await call(client, "PUT", f"{file_path}/position", json={"position_s": -3}, headers=headers)
+    await call(client, "PUT", f"{file_path}/position", json={"position_s": 1})
+    await call(client, "GET", f"{file_path}/meta", headers=headers)
+    _, wav = await call(client, "POST", "/tts/generate", json={"text": "Wave.", "format": "wav"}, headers=headers)
+    await call(client, "GET", f"/files/{json.loads(wav)['file_id']}/playlist.m3u8", headers=headers)
+    await call(client, "GET", f"/files/{'0' * 32}/playlist.m3u8", headers=headers)
+
+
+def test_audio_and_segments_are_binary() -> None:
+    """Every audio response is `format: binary`, so generated clients hand back bytes, not decoded text."""
+    found = 0
+    for item in DOC["paths"].values():
+        for operation in item.values():
+            for response in operation.get("responses", {}).values():
+                for media, content in response.get("content", {}).items():
+                    if media.startswith("audio/"):
+                        assert content["schema"]["format"] == "binary", media
+                        found += 1
+    assert found >= 16
 
 
 async def test_failed_generation_responses_validate(client: AppClient, fake: Any) -> None:

@@ -272,6 +272,11 @@ SPECS: dict[str, Spec] = {
     "max_import_size": Spec(
         _import_size, "64MB", "Largest audio file POST /files/import and `speccyd import` accept (e.g. '200MB')."
     ),
+    "timeline_chars": Spec(
+        _int(50, 1_000_000),
+        "1000",
+        "Longest piece of text on the read-along timeline; one upstream call each (docs/streaming.md).",
+    ),
 }
 
 
@@ -320,6 +325,7 @@ class Settings:
     upstream_deadline: float
     client_timeout: float
     max_import_size: int
+    timeline_chars: int
 
     @property
     def db_path(self) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from speccyd.generation.live import READ_BLOCK, LiveFile
+from speccyd.generation.timeline import LiveTimeline
 from speccyd.storage.blobs import BlobWriter
 
 
@@ -78,10 +79,18 @@ class Part:
             self._spool = None
 
 
-async def assemble(parts: list[Part], writer: BlobWriter, live: LiveFile) -> None:
-    """Copy every part into `writer` in order, publishing each piece to `live` as soon as it is written."""
+async def assemble(parts: list[Part], writer: BlobWriter, live: LiveFile, timeline: LiveTimeline | None = None) -> None:
+    """Copy every part into `writer` in order, publishing each piece to `live` as soon as it is written.
+
+    `timeline` counts the audio as it is written (samples, HLS segments). A failed attempt is rewound to
+    where its part began, except what a playlist already served has listed: those bytes stay, and the
+    retry's audio follows them (a listed segment can never change; see docs/streaming.md).
+    """
     for part in parts:
         start = writer.size
+        live.settle(start)  # every part before this one is complete: its bytes can no longer change
+        if timeline is not None:
+            timeline.begin_piece(start)
         generation = part.generation
         copied = 0
         while True:
@@ -89,13 +98,18 @@ async def assemble(parts: list[Part], writer: BlobWriter, live: LiveFile) -> Non
             if part.generation != generation:
                 if copied:
                     # The attempt we were following failed; its retry will produce different audio.
-                    writer.rewind(start)
-                    live.rewind(start)
+                    back = max(start, timeline.protected_end()) if timeline is not None else start
+                    writer.rewind(back)
+                    live.rewind(back)
+                    if timeline is not None:
+                        timeline.rewind(back)
                     copied = 0
                 generation = part.generation
             if copied < part.size:
                 data = part.read(copied, min(READ_BLOCK, part.size - copied))
                 writer.write(data)
+                if timeline is not None:
+                    timeline.feed(data)
                 copied += len(data)
                 live.publish(writer.size)
                 await asyncio.sleep(0)  # let readers and the upstream in between blocks of a long copy
@@ -103,4 +117,7 @@ async def assemble(parts: list[Part], writer: BlobWriter, live: LiveFile) -> Non
             if part.complete:
                 break
             await changed.wait()
+        if timeline is not None:
+            timeline.end_piece()
         part.close()
+    live.settle(writer.size)

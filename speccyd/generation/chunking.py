@@ -9,7 +9,7 @@ marks is never torn apart; the one exception is a single cluster longer than the
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import regex
 
@@ -36,12 +36,26 @@ def split_text(text: str, limit: int) -> list[str]:
     Text that fits is returned unchanged as the only chunk, so short requests reach the upstream exactly as
     sent. Otherwise the chunks, with the whitespace at each cut put back, are the original text.
     """
+    if len(text) <= limit:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        return [text]
+    return [text[a:b] for a, b in split_spans(text, limit)]
+
+
+def split_spans(text: str, limit: int, sections: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """Where the chunks lie in `text`, as split_text cuts them, edge whitespace excluded.
+
+    With `sections`, each (start, end) range is split on its own, so no chunk crosses a section's edge (the
+    read-along timeline starts a chunk at every heading); the grapheme and fence analysis is done once.
+    """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    if len(text) <= limit:
-        return [text]
     splitter = _Splitter(text, limit)
-    return [text[a:b] for a, b in (splitter.trim(a, b) for a, b in splitter.spans())]
+    spans: list[tuple[int, int]] = []
+    for start, end in sections if sections is not None else [(0, len(text))]:
+        spans += [splitter.trim(a, b) for a, b in splitter.spans(start, end)]
+    return spans
 
 
 class _Splitter:
@@ -54,8 +68,8 @@ class _Splitter:
         self.fence_starts = [a for a, _ in fences]
         self.fence_ends = [b for _, b in fences]
 
-    def spans(self) -> list[tuple[int, int]]:
-        return [(a, b) for a, b in self._pack(0, len(self.text), 0) if not self.text[a:b].isspace()]
+    def spans(self, start: int, end: int) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in self._pack(start, end, 0) if not self.text[a:b].isspace()]
 
     def _cuts(self, level: int, start: int, end: int) -> list[int]:
         """Cut positions strictly inside (start, end) for this level, all on grapheme boundaries."""

@@ -36,6 +36,10 @@ class GenerationFailed(Exception):
         self.upstream_status = upstream_status
 
 
+class NotStreamable(Exception):
+    """HLS has no packed-audio segments for this format (RFC 8216 §3.4: AAC, MP3, AC-3, E-AC-3 only)."""
+
+
 class QuotaExceeded(Exception):
     """A new generation would go over one of the user's limits."""
 

@@ -9,7 +9,9 @@ remember. New generations are handed to the job runner, which only generates.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections import OrderedDict
 
 from speccyd.config.clock import Clock
 from speccyd.config.settings import Settings
@@ -20,16 +22,20 @@ from speccyd.generation.quotas import Quotas, quota_error
 from speccyd.generation.readycache import ReadyCache
 from speccyd.generation.runner import JobRunner
 from speccyd.generation.speech import SpeechRequest
+from speccyd.generation.timeline import read_timeline
 from speccyd.ops.metrics import Metrics
 from speccyd.storage.blobs import BlobStore
 from speccyd.storage.database import Database
 from speccyd.storage.errors import LimitReached
-from speccyd.storage.records import ChangePage, FileRow, PurgeFilter, UsageLine, UserUsage
+from speccyd.storage.records import ChangePage, FileRow, PurgeFilter, TimelineRecord, UsageLine, UserUsage
 
 log = logging.getLogger(__name__)
 
 # Expiry has one-second resolution anyway; a crash loses at most this much hit bookkeeping.
 FLUSH_INTERVAL = 1.0
+# Timelines of ready files kept in memory: a player fetches a segment every few seconds, and a finished file's
+# timeline never changes. ~30 KB each for a 100-minute document.
+TIMELINE_CACHE = 256
 
 
 class FileService:
@@ -53,6 +59,7 @@ class FileService:
         self._generations = metrics.generations
         self._clock = clock
         self.importer = Importer(settings, db, blobs, clock, lambda: quotas.defaults)
+        self._timelines: OrderedDict[str, TimelineRecord] = OrderedDict()
 
     async def request(self, user_id: str, speech: SpeechRequest) -> FileRow:
         """Audio for this request: cached, already in flight, or a generation started now.
@@ -116,6 +123,63 @@ class FileService:
             return None
         cached = self._ready.get(row.id)
         return cached if cached is not None and cached.expires_at > row.expires_at else row
+
+    async def timeline(self, row: FileRow) -> TimelineRecord:
+        """A ready file's timeline: as stored with it, or (a file made before timelines were kept) counted
+        from its audio once and stored, which also fills in its duration."""
+        record = self._timelines.get(row.id)
+        if record is not None:
+            self._timelines.move_to_end(row.id)
+            return record
+        record = await self._db.get_timeline(row.id)
+        if record is None:
+            # Named by its content, so a second count (two requests at once, or a failed save) names it alike.
+            run = (row.sha256 or row.id)[:16]
+            path = self._blobs.local_path(row.id, row.format)
+            try:
+                record = await asyncio.get_running_loop().run_in_executor(
+                    None, read_timeline, path, row.format, row.text, run
+                )
+            except FileNotFoundError:
+                raise FileNotFound() from None  # purged a moment ago
+            if await self._db.save_timeline(row.id, record):
+                cached = self._ready.get(row.id)
+                if cached is not None:
+                    self._ready.put(dataclasses.replace(cached, duration_s=record.duration_s))
+        self._timelines[row.id] = record
+        while len(self._timelines) > TIMELINE_CACHE:
+            self._timelines.popitem(last=False)
+        return record
+
+    async def backfill_timelines(self, batch: int = 100) -> int:
+        """Count the timeline (and so the duration) of every ready file made before timelines were kept, one
+        file at a time in the background after start-up, so library entries show their length. Returns how
+        many were counted; a file that cannot be (gone, unreadable) is skipped and tried on first use."""
+        counted = 0
+        tried: set[str] = set()
+        while True:
+            rows = [r for r in await self._db.ready_without_timeline(batch + len(tried)) if r.id not in tried]
+            if not rows:
+                return counted
+            for row in rows:
+                tried.add(row.id)
+                try:
+                    await self.timeline(row)
+                    counted += 1
+                except Exception:
+                    log.warning("could not count the audio of %s; its timeline is made on first use", row.id)
+
+    async def set_position(self, user_id: str, file_id: str, position_s: float, device: str | None) -> FileRow:
+        """Where the user stopped listening (clamped to the duration); the last write, by server time, wins."""
+        row = await self._db.set_position(user_id, file_id, position_s, device, self._clock.now())
+        if row is None:
+            raise FileNotFound()
+        if row.status == "ready":
+            cached = self._ready.get(row.id)
+            if cached is not None and cached.expires_at > row.expires_at:
+                row = dataclasses.replace(row, expires_at=cached.expires_at)  # a cache hit not yet written
+            self._ready.put(row)
+        return row
 
     def check_servable(self, row: FileRow, now: float) -> None:
         """Refuse what has no audio to serve: a failed generation, or audio that has expired."""

@@ -14,6 +14,8 @@ import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
+from speccyd.generation.timeline import LiveTimeline
+
 READ_BLOCK = 64 * 1024
 
 
@@ -22,10 +24,12 @@ class LiveAborted(Exception):
 
 
 class LiveFile:
-    def __init__(self) -> None:
+    def __init__(self, timeline: LiveTimeline | None = None) -> None:
+        self.timeline = timeline  # its read-along timeline and HLS segments, counted as the audio is written
         self.temp: Path | None = None  # where the bytes are being written; renamed to `final` when complete
         self.final: Path | None = None
         self.length = 0
+        self.stable = 0  # bytes before this offset are final: no rewind can take them back (pieces done)
         self.state = "generating"  # then "ready" or "failed"
         self.chunks_done = 0
         self.chunks_total = 0
@@ -45,6 +49,10 @@ class LiveFile:
         self.length = length
         self._notify()
 
+    def settle(self, stable: int) -> None:
+        self.stable = stable
+        self._notify()
+
     def rewind(self, length: int) -> None:
         self._rewinds.append(length)
         self.length = length
@@ -61,6 +69,34 @@ class LiveFile:
     def fail(self) -> None:
         self.state = "failed"
         self._notify()
+
+    async def planned(self) -> None:
+        """Return once the job has planned the file (its timeline knows whether its first bytes are final)."""
+        while (
+            self.timeline is not None
+            and self.timeline.plan is None
+            and self.state == "generating"
+            and not self._abandoned
+        ):
+            await self._changed.wait()
+
+    async def settled(self) -> None:
+        """Return once the generation has ended either way (or the server is stopping)."""
+        while self.state == "generating" and not self._abandoned:
+            await self._changed.wait()
+
+    async def settled_past(self, offset: int) -> None:
+        """Return once the byte at `offset` is final (see `stable`), or the generation has ended either way."""
+        while self.stable <= offset and self.state == "generating" and not self._abandoned:
+            await self._changed.wait()
+
+    def open_reader(self) -> int:
+        """A read-only fd of the file being written (or just renamed into place); LiveAborted if it is gone."""
+        return self._open_fd()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     async def started(self) -> None:
         """Return once the first bytes are published, or the generation has ended either way."""

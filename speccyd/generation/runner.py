@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,10 +21,12 @@ from speccyd.config.clock import Clock
 from speccyd.config.settings import Settings
 from speccyd.config.text import describe
 from speccyd.generation.assembly import Part, assemble
-from speccyd.generation.chunking import split_text
 from speccyd.generation.live import LiveFile
+from speccyd.generation.textplan import Plan, plan_text, title_of
+from speccyd.generation.timeline import HLS_FORMATS, LiveTimeline, read_edges
 from speccyd.generation.upstream import Upstream, UpstreamError
-from speccyd.media.join import Cleaner, Joiner, JoinError
+from speccyd.media import id3
+from speccyd.media.join import JOINABLE, Cleaner, Joiner, JoinError
 from speccyd.ops.metrics import Metrics
 from speccyd.security.crypto import ServerSecrets
 from speccyd.storage.blobs import BlobStore, BlobWriter
@@ -81,8 +84,9 @@ class JobRunner:
     def start(self, row: FileRow) -> None:
         if row.id in self._tasks:
             return
-        # Created here, not in the task, so a reader arriving right after the request finds it.
-        live = LiveFile()
+        # Created here, not in the task, so a reader arriving right after the request finds it. The run names
+        # this generation's audio in segment URIs: one started over after a restart makes other bytes.
+        live = LiveFile(LiveTimeline(secrets.token_hex(8), row.format))
         self._live[row.id] = live
         task = asyncio.create_task(self._run(row, live), name=f"generate {row.id}")
         self._tasks[row.id] = task
@@ -153,20 +157,37 @@ class JobRunner:
             # 'generating' and is generated again at the next start, so nothing is lost or left half done.
             log.exception("generation %s: cannot record its failure either; it is retried at the next start", row.id)
 
-    async def _split(self, text: str) -> list[str]:
+    async def _plan(self, text: str, fmt: str) -> Plan:
+        """The upstream calls for this text: pieces of at most timeline_chars (upstream_max_chars for formats
+        that cannot be joined), a new one at every Markdown heading (textplan.py)."""
         limit = self._settings.upstream_max_chars
-        if len(text) <= limit:
-            return [text]
+        joinable = fmt in JOINABLE
+        piece_chars = min(self._settings.timeline_chars, limit) if joinable else limit
+        if len(text) <= piece_chars and "#" not in text:
+            return Plan([(0, len(text))], [], title_of(text))
         # Up to ~0.1 s for 100,000 characters: off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(None, split_text, text, limit)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: plan_text(text, piece_chars, joinable=joinable))
 
     async def _generate(self, row: FileRow, api_key: str, live: LiveFile) -> None:
-        texts = await self._split(row.text)
+        plan = await self._plan(row.text, row.format)
+        texts = [row.text[a:b] for a, b in plan.pieces]
+        # mp3 and aac files are their audio frames only, so that every decoder plays what the HLS segments hold
+        # and a retry that follows kept audio (assembly.py) joins cleanly: no upstream ID3 tag or Xing/Info
+        # frame. A joined or chaptered mp3 starts with speccyd's own tag (title, chapters).
+        tagged = row.format == "mp3" and (len(texts) > 1 or bool(plan.chapters))
         try:
-            joiner = Joiner(row.format, len(texts))
+            joiner = Joiner(row.format, len(texts), drop_tags=row.format in HLS_FORMATS)
         except JoinError as e:
             raise UpstreamError(str(e), retryable=False, code="upstream_bad_audio") from None
         live.chunks_total = len(texts)
+        timeline = live.timeline
+        assert timeline is not None
+        # The first bytes change at the end for a joined WAV (its sizes) and a chaptered mp3 (the times in its
+        # tag): progressive readers of those wait for the finished file (docs/streaming.md).
+        chapters = plan.chapters if row.format == "mp3" else []  # at most 255, what a CTOC frame can name
+        timeline.begin(plan, len(row.text), header_final=not chapters and not (row.format == "wav" and len(texts) > 1))
+        live.settle(0)  # wakes readers waiting for the plan (LiveFile.planned)
         try:
             writer = self._blobs.writer(row.id, row.format)
         except OSError as e:
@@ -175,18 +196,33 @@ class JobRunner:
         parts = [Part(self._blobs.spool_dir) for _ in texts]
         job = _Job(row, api_key, joiner, live, asyncio.Semaphore(self._settings.chunk_concurrency))
         try:
+            tag_size = 0
+            if tagged:
+                # Reserved at its final size (only the titles decide it); the times are written at the end.
+                tag = id3.chapter_tag(plan.title, [id3.Chapter(c.title, 0, 0) for c in chapters])
+                tag_size = len(tag)
+                writer.write(tag)
+                live.publish(writer.size)
             try:
                 async with asyncio.TaskGroup() as group:
                     for index, text in enumerate(texts):
                         group.create_task(self._chunk(job, index, text, parts[index]))
-                    group.create_task(assemble(parts, writer, live))
+                    group.create_task(assemble(parts, writer, live, timeline))
             except BaseExceptionGroup as group_error:
                 cause = _first_cause(group_error)
                 if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
                     cause = _storage_error(cause) or cause
                 raise cause from None
+            head, tail = b"", b""
+            if row.format in ("opus", "flac", "wav") and len(texts) == 1:
+                head, tail = await asyncio.get_running_loop().run_in_executor(None, read_edges, writer.temp)
+            timeline.finish(head, tail, writer.size)
             for offset, data in joiner.patches(writer.size):
                 writer.patch(offset, data)
+            if tagged:
+                final = id3.chapter_tag(plan.title, _tag_chapters(timeline, len(chapters)), size=tag_size)
+                writer.patch(0, final)
+            timeline.seal()
         except BaseException:
             writer.discard()
             raise
@@ -194,7 +230,7 @@ class JobRunner:
             for part in parts:
                 part.close()
         # Shielded: once the audio is complete, a cancel must not leave the file and its row out of step.
-        finish = asyncio.ensure_future(self._finish(row, writer, live))
+        finish = asyncio.ensure_future(self._finish(row, writer, live, timeline))
         self._finishing.add(finish)
         finish.add_done_callback(self._finishing.discard)
         await asyncio.shield(finish)
@@ -288,7 +324,7 @@ class JobRunner:
             part.abort()
             raise
 
-    async def _finish(self, row: FileRow, writer: BlobWriter, live: LiveFile) -> None:
+    async def _finish(self, row: FileRow, writer: BlobWriter, live: LiveFile, timeline: LiveTimeline) -> None:
         try:
             await writer.commit()
         except OSError as e:
@@ -298,8 +334,13 @@ class JobRunner:
             writer.discard()
             raise
         now = self._clock.now()
+        record = timeline.record()
         try:
-            stored = await self._db.mark_ready(row.id, writer.size, writer.sha256, now, self._settings.retention)
+            # Before the row says "ready": a ready file always has its timeline (a crash in between leaves a
+            # generating row, generated again at the next start, and its timeline replaced then).
+            stored = await self._db.save_timeline(row.id, record)
+            if stored:
+                stored = await self._db.mark_ready(row.id, writer.size, writer.sha256, now, self._settings.retention)
         except BaseException:  # the row could not say "ready" (a full disk): keep no file it does not name
             await self._blobs.remove(row.id, row.format)
             raise
@@ -308,7 +349,7 @@ class JobRunner:
             return
         ready = dataclasses.replace(
             row, status="ready", size_bytes=writer.size, sha256=writer.sha256, updated_at=now,
-            expires_at=now + self._settings.retention,
+            expires_at=now + self._settings.retention, duration_s=record.duration_s,
         )  # fmt: skip
         self._on_ready(ready)
         live.finish()
@@ -323,6 +364,15 @@ class _Job:
     joiner: Joiner
     live: LiveFile
     chunk_slots: asyncio.Semaphore  # chunk_concurrency: this job's share of the upstream
+
+
+def _tag_chapters(timeline: LiveTimeline, count: int) -> list[id3.Chapter]:
+    """The first `count` chapters with their times in ms: each ends where the next begins, the last at the end."""
+    record = timeline.record()
+    rate = record.sample_rate or 1
+    starts = [round(c.sample * 1000 / rate) for c in record.chapters] + [round(record.samples * 1000 / rate)]
+    chapters = record.chapters[:count]
+    return [id3.Chapter(c.title, starts[i], max(starts[i], starts[i + 1])) for i, c in enumerate(chapters)]
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -105,6 +105,35 @@ class Segmenter:
         """Samples in every frame added so far, closed segments and the open one."""
         return self._first_sample + self._samples
 
+    @property
+    def end(self) -> int:
+        """Where the last frame added so far ends in the stream (0 before the first)."""
+        return self._end
+
+    def checkpoint(self) -> Checkpoint:
+        """The segmenter's whole state, to come back to with `restore` (the stream was rewound)."""
+        return Checkpoint(len(self.segments), self._start, self._end, self._samples, self._rate, self._first_sample)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Back to a checkpoint: segments closed since are forgotten, the open segment is as it was."""
+        if checkpoint.closed > len(self.segments):
+            raise ValueError("a checkpoint from after the present")
+        del self.segments[checkpoint.closed :]
+        self._start, self._end, self._samples = checkpoint.start, checkpoint.end, checkpoint.samples
+        self._rate, self._first_sample = checkpoint.rate, checkpoint.first_sample
+
+    def truncate(self, count: int) -> None:
+        """Keep the first `count` closed segments only; the stream goes on right after the last of them."""
+        if not 0 <= count <= len(self.segments):
+            raise ValueError(f"cannot keep {count} of {len(self.segments)} segments")
+        del self.segments[count:]
+        last = self.segments[-1] if self.segments else None
+        self._samples = 0
+        self._first_sample = last.first_sample + last.samples if last else 0
+        self._start = self._end = last.end if last else 0
+        if last is None:
+            self._rate = 0
+
     def add(self, frames: Iterable[AudioFrame]) -> list[Segment]:
         closed: list[Segment] = []
         for frame in frames:
@@ -140,6 +169,16 @@ class Segmenter:
         return segment
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    closed: int  # segments closed at the time
+    start: int
+    end: int
+    samples: int
+    rate: int
+    first_sample: int
+
+
 def segment_all(frames: Iterable[AudioFrame], target: float = DEFAULT_TARGET) -> list[Segment]:
     """The segments of a complete file's frames (what a ready file's playlist lists)."""
     segmenter = Segmenter(target)
@@ -161,6 +200,7 @@ def media_playlist(
     event: bool,
     independent: bool = False,
     can_block_reload: bool = False,
+    start_at_beginning: bool = False,
 ) -> str:
     """An HLS media playlist of `segments`, with segment URIs from `uri`.
 
@@ -172,6 +212,9 @@ def media_playlist(
     refers to another), false for mp3, whose first frame in a segment may borrow main data from the
     previous segment's last frame (the bit reservoir).
     can_block_reload: the server answers _HLS_msn requests by waiting (RFC 8216bis §6.2.5.2).
+    start_at_beginning: #EXT-X-START:TIME-OFFSET=0 (§4.3.5.2). Without it a client joining a playlist that has
+    no #EXT-X-ENDLIST starts three target durations before its end (§6.3.3), as for live radio; a document
+    being read aloud starts at its first word.
     """
     if not event and not complete:
         raise ValueError("a VOD playlist is complete by definition: use event=True while generating")
@@ -182,6 +225,8 @@ def media_playlist(
     lines += ["#EXT-X-MEDIA-SEQUENCE:0", f"#EXT-X-PLAYLIST-TYPE:{'EVENT' if event else 'VOD'}"]
     if independent:
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+    if start_at_beginning:
+        lines.append("#EXT-X-START:TIME-OFFSET=0")
     for segment in segments:
         if round(segment.duration) > ceiling:
             raise ValueError(f"segment {segment.index} lasts {segment.duration:.3f}s, over the target {ceiling}s")

@@ -41,21 +41,29 @@ class Cleaner:
 class Joiner:
     """The cleaners for one job's chunks, and the header fix-ups once the joined size is known."""
 
-    def __init__(self, fmt: str, total: int) -> None:
+    def __init__(self, fmt: str, total: int, *, drop_tags: bool = False) -> None:
+        """drop_tags: the file is only audio frames (after a tag of speccyd's own, if any): no part keeps its
+        ID3 tags, not even the first, and a single mp3 part also loses its Xing/Info frame."""
         if total > 1 and fmt not in JOINABLE:
             raise JoinError(f"{fmt} audio cannot be joined; long text needs one of: {', '.join(JOINABLE)}")
         self.fmt = fmt
         self.total = total
+        self.drop_tags = drop_tags
         self.wav_header_size: int | None = None
 
     def cleaner(self, index: int) -> Cleaner:
         """A fresh cleaner for one attempt at chunk `index` (0-based)."""
+        keep_id3 = index == 0 and not self.drop_tags
         if self.total == 1:
+            if self.drop_tags and self.fmt == "mp3":
+                return Mp3HeadCleaner()
+            if self.drop_tags and self.fmt == "aac":
+                return TagCleaner(keep_id3=False)
             return Cleaner()  # a single chunk is the upstream's file, byte for byte
         if self.fmt == "mp3":
-            return Mp3Cleaner(keep_id3=index == 0)
+            return Mp3Cleaner(keep_id3=keep_id3)
         if self.fmt == "aac":
-            return TagCleaner(keep_id3=index == 0)  # ADTS: frames are self-contained, only tags go
+            return TagCleaner(keep_id3=keep_id3)  # ADTS: frames are self-contained, only tags go
         if self.fmt == "wav":
             return WavCleaner(self, first=index == 0)
         return Cleaner()
@@ -157,6 +165,47 @@ class TagCleaner(Cleaner):
         if len(tail) == _ID3V1_SIZE and tail.startswith(b"TAG"):
             return b""
         return tail
+
+
+class Mp3HeadCleaner(TagCleaner):
+    """A whole upstream mp3 kept as it is but for its ID3 tags and its Xing/Info/VBRI header frame.
+
+    The header frame's frame count and gapless trimming describe one upstream file; in a file that a retry
+    may have continued (see generation/assembly.py) they would be wrong, and they make a decoder's length
+    differ from what the frames (and so the HLS segments) hold. Bytes that are not mp3 pass unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(keep_id3=False)
+        self._info_checked = False
+        self._pending = b""  # the start of the audio, until it is known whether it is a header frame
+
+    def feed(self, data: bytes) -> bytes:
+        out = super().feed(data)  # without the tag: what comes out starts with the first frame
+        if self._info_checked:
+            return out
+        self._pending += out
+        return self._check_info(final=False)
+
+    def finish(self) -> bytes:
+        out = super().finish()
+        if self._info_checked:
+            return out
+        self._pending += out
+        return self._check_info(final=True)
+
+    def _check_info(self, *, final: bool) -> bytes:
+        pending = self._pending
+        header = mpeg.parse_header(pending)
+        if header is None and len(pending) < mpeg.HEADER_SIZE and not final:
+            return b""
+        if header is not None and len(pending) < header.length and not final:
+            return b""
+        self._info_checked = True
+        self._pending = b""
+        if header is not None and len(pending) >= header.length and mpeg.parse_info_frame(pending, header):
+            return pending[header.length :]
+        return pending
 
 
 class WavCleaner(Cleaner):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class FileRow:
     # What the upstream billed for it, when it said (gpt-4o-mini-tts over SSE); None otherwise.
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # The audio's length once ready (from its sample count), and where its user last stopped listening.
+    duration_s: float | None = None
+    position_s: float | None = None
+    position_device: str | None = None
+    position_at: float | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.status != "generating" and self.expires_at <= now
@@ -192,3 +198,50 @@ class ChangePage:
     tombstones: list[Tombstone]
     next_cursor: int
     has_more: bool
+
+
+class TimedPiece(NamedTuple):
+    """One piece of text on the read-along timeline, and how many samples of audio it became."""
+
+    text_start: int  # code points into the file's text; the pieces tile it with no gap and no overlap
+    text_end: int
+    samples: int
+
+
+class ByteSegment(NamedTuple):
+    """One HLS segment: the byte range of its frames in the audio file, and their samples."""
+
+    start: int
+    end: int
+    samples: int
+
+
+class TimedChapter(NamedTuple):
+    title: str
+    text_start: int
+    sample: int  # the first sample of its heading's audio
+
+
+@dataclass(frozen=True)
+class TimelineRecord:
+    """What the timeline and the playlist of a finished file are made of, kept with the file.
+
+    run: names this audio in segment URIs, so a URI never serves other bytes (a generation started over
+    after a restart has another run). served_live: a playlist of it was served while it was generating,
+    so it stays an EVENT playlist for good (RFC 8216 §6.2.1 lets a followed playlist only grow).
+    """
+
+    run: str
+    sample_rate: int  # 0 when the audio had no countable samples
+    pieces: tuple[TimedPiece, ...]
+    segments: tuple[ByteSegment, ...]
+    chapters: tuple[TimedChapter, ...]
+    served_live: bool
+
+    @property
+    def samples(self) -> int:
+        return sum(p.samples for p in self.pieces)
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate if self.sample_rate else 0.0

@@ -42,6 +42,13 @@ def signed_file_url(request: web.Request, file_id: str, user_id: str, expires_at
     return f"/files/{file_id}?exp={expires}&sig={sig}"
 
 
+def signed_playlist_url(request: web.Request, file_id: str, user_id: str, expires_at: float) -> str:
+    """The file's HLS playlist, signed like its `url` (the same signature opens every resource of the file)."""
+    expires = int(expires_at)
+    sig = request.app[SECRETS].sign_file_url(file_id, user_id, expires)
+    return f"/files/{file_id}/playlist.m3u8?exp={expires}&sig={sig}"
+
+
 def signed_url_expiry(request: web.Request) -> int:
     """The expiry of a signed file URL, refused when missing or past."""
     raw = request.query.get("exp", "")

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from speccyd.appkeys import SETTINGS
 from speccyd.config.units import iso
+from speccyd.generation.timeline import HLS_FORMATS
 from speccyd.storage.records import FileRow
-from speccyd.web.auth import signed_file_url
+from speccyd.web.auth import signed_file_url, signed_playlist_url
 from speccyd.web.errors import ApiError
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -57,7 +58,12 @@ def file_json(request: web.Request, row: FileRow) -> dict[str, Any]:
         "content_hash": row.content_hash,
         "status": row.status,
         "url": signed_file_url(request, row.id, row.user_id, row.expires_at),
+        # HLS for the apps' one code path (AVPlayer); null for formats HLS cannot carry (wav, pcm, flac, opus).
+        "playlist_url": signed_playlist_url(request, row.id, row.user_id, row.expires_at)
+        if row.format in HLS_FORMATS
+        else None,
         "expires_at": iso(row.expires_at),
+        "duration_s": round(row.duration_s, 3) if row.status == "ready" and row.duration_s is not None else None,
     }
     if row.error:
         data["error"] = row.error

@@ -23,6 +23,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
     generation.InvalidRequest: (400, None),
     generation.InvalidAudio: (400, "invalid_audio"),
+    generation.NotStreamable: (400, "format_not_streamable"),
     security.InvalidKey: (400, "invalid_openai_token"),
     security.NotSignedIn: (401, "unauthorized"),
     security.BadAuthorization: (401, "invalid_authorization"),

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import _FileResponseResult
+from multidict import CIMultiDict
 
 from speccyd.generation.errors import FileNotFound
 from speccyd.generation.live import LiveAborted, LiveFile
@@ -23,6 +24,7 @@ from speccyd.media.formats import CONTENT_TYPES
 from speccyd.ops.metrics import Metrics
 from speccyd.storage.records import FileRow
 from speccyd.web.errors import ApiError
+from speccyd.web.ranges import abort, requested_range
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,9 @@ def whole_file_request(request: web.Request) -> web.Request:
 def _without(request: web.Request, names: set[str]) -> web.Request:
     # Only ASCII values: clone() encodes them as UTF-8, and a header byte past ASCII (a surrogate escape here)
     # made it raise, so the connection dropped with a traceback in the log.
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in names and v.isascii()}
+    # A multidict, not a dict: with a header sent twice, a dict would keep the last value while every check
+    # here read the first (a second, bad Range reached FileResponse, which answered an empty 416).
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in names and v.isascii())
     return request.clone(headers=headers)
 
 
@@ -260,6 +264,78 @@ async def stream_live(
             request.transport.close()
         return response
     except ConnectionResetError:  # the reader left; the job and other readers carry on
+        return response
+    await response.write_eof()
+    return response
+
+
+def _restarting() -> ApiError:
+    return ApiError(503, "shutting_down", "the server is restarting; ask again in a moment", {"Retry-After": "1"})
+
+
+async def live_response(request: web.Request, live: LiveFile, row: FileRow) -> web.StreamResponse | None:
+    """A file still being generated, as a progressive download; None once it is finished (serve it as ready).
+
+    Every byte sent is a byte of the finished file, so an interrupted download resumed with `curl -C -` or
+    `wget -c` ends with exactly the finished file's bytes (docs/streaming.md, "Progressive downloads"):
+    - no Range: the audio so far, then the rest as it is generated (chunked, `stream_live`);
+    - `bytes=a-b`: 206 with `Content-Range: bytes a-b/*` once those bytes are final (the total length is
+      not known yet, RFC 9110 §14.4); a range past the end gets the finished file's 416;
+    - `bytes=a-` and `bytes=-n` need the end, so they are answered from the finished file (`bytes=0-`, the
+      whole stream, is answered as if there were no Range: what ffmpeg sends first);
+    - a joined WAV (its RIFF sizes) or a chaptered mp3 (the times in its tag) changes its first bytes at the
+      end: every GET waits for the finished file. HLS plays those at once.
+    If-Range cannot name a file that is not finished, so with it the Range is ignored (RFC 9110 §13.1.5).
+    """
+    timeline = live.timeline
+    wanted = requested_range(request) if hdrs.IF_RANGE not in request.headers else None
+    if wanted is not None and wanted.first == 0 and wanted.last is None:
+        wanted = None  # "everything from byte 0" is the whole stream: ffmpeg asks this way, and plays at once
+    if request.method == "HEAD" and wanted is None:
+        return await stream_live(request, live, row)
+    await live.planned()  # then header_final is known
+    header_final = timeline is None or timeline.header_final
+    if not header_final or (wanted is not None and (wanted.first is None or wanted.last is None)):
+        await live.settled()
+    elif wanted is not None:
+        assert wanted.last is not None
+        await live.settled_past(wanted.last)
+    if live.abandoned:
+        raise _restarting()
+    if live.state != "generating":
+        return None
+    if wanted is None:
+        return await stream_live(request, live, row)
+    assert wanted.first is not None and wanted.last is not None
+    first, last = wanted.first, wanted.last
+    response = web.StreamResponse(
+        status=206,
+        headers={
+            "Content-Type": CONTENT_TYPES[row.format],
+            "Content-Range": f"bytes {first}-{last}/*",
+            "Cache-Control": "no-store",
+            "Accept-Ranges": "bytes",
+        },
+    )
+    response.content_length = last - first + 1
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    try:
+        fd = live.open_reader()
+        try:
+            position = first
+            while position <= last:
+                # Final bytes of a file being written: a page-cache copy, as in LiveFile.follow.
+                data = os.pread(fd, min(64 * 1024, last + 1 - position), position)
+                if not data:
+                    raise ConnectionResetError("the live file is shorter than its final bytes")
+                await response.write(data)
+                position += len(data)
+        finally:
+            os.close(fd)
+    except (LiveAborted, ConnectionError, OSError):
+        abort(request)  # the headers are out: only a cut connection can say the body is incomplete
         return response
     await response.write_eof()
     return response

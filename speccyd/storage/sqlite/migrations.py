@@ -236,6 +236,54 @@ def _m6_accounting_v2(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _m7_playback(db: sqlite3.Connection) -> None:
+    """Playback: each file's length and its user's resume position, and the timeline its audio was cut into.
+
+    The position lives on the file's row, so storing it is an UPDATE that takes the next change sequence
+    (migration 2's trigger): a second device's library sync sees where to resume like any other change.
+    The timeline (read-along pieces, HLS segments, chapters) is written once, just before the row says
+    "ready", and goes with the row (ON DELETE CASCADE).
+    """
+    statements = [
+        "ALTER TABLE audio_files ADD COLUMN duration_s REAL",
+        "ALTER TABLE audio_files ADD COLUMN position_s REAL",
+        "ALTER TABLE audio_files ADD COLUMN position_device TEXT",
+        "ALTER TABLE audio_files ADD COLUMN position_at REAL",
+        """CREATE TABLE timelines (
+            file_id TEXT PRIMARY KEY REFERENCES audio_files(id) ON DELETE CASCADE,
+            run TEXT NOT NULL,
+            sample_rate INTEGER NOT NULL,
+            served_live INTEGER NOT NULL CHECK (served_live IN (0, 1))
+        )""",
+        """CREATE TABLE timeline_pieces (
+            file_id TEXT NOT NULL REFERENCES timelines(file_id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            text_start INTEGER NOT NULL,
+            text_end INTEGER NOT NULL,
+            samples INTEGER NOT NULL,
+            PRIMARY KEY (file_id, idx)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE hls_segments (
+            file_id TEXT NOT NULL REFERENCES timelines(file_id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            byte_start INTEGER NOT NULL,
+            byte_end INTEGER NOT NULL,
+            samples INTEGER NOT NULL,
+            PRIMARY KEY (file_id, idx)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE chapters (
+            file_id TEXT NOT NULL REFERENCES timelines(file_id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            title TEXT NOT NULL,
+            text_start INTEGER NOT NULL,
+            sample INTEGER NOT NULL,
+            PRIMARY KEY (file_id, idx)
+        ) WITHOUT ROWID""",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
 # Append only: a migration that has shipped is never edited, and its position is its version.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m1_initial,
@@ -244,5 +292,6 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m4_failure_codes,
     _m5_content_hash_v2,
     _m6_accounting_v2,
+    _m7_playback,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from speccyd.appkeys import FILES
 from speccyd.config.units import iso
+from speccyd.generation.textplan import title_of
 from speccyd.storage.records import FileRow
 from speccyd.web.auth import require_user
 from speccyd.web.common import FILE_ID, file_json
@@ -28,12 +29,21 @@ def file_meta(request: web.Request, row: FileRow) -> dict[str, Any]:
         "format": row.format,
         "speed": row.speed,
         "instructions": row.instructions,
+        "title": title_of(text),
         "text_preview": text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…",
         "characters": row.characters,
         "size_bytes": row.size_bytes,
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
+        "position": position_json(row),
     }
+
+
+def position_json(row: FileRow) -> dict[str, Any] | None:
+    """Where the user last stopped listening, from any device; null until a device says."""
+    if row.position_s is None or row.position_at is None:
+        return None
+    return {"position_s": round(row.position_s, 3), "device": row.position_device, "updated_at": iso(row.position_at)}
 
 
 def _query_int(request: web.Request, name: str, default: int, low: int, high: int, code: str) -> int:

@@ -120,7 +120,9 @@ async def speech(request: web.Request) -> web.StreamResponse:
             await asyncio.wait_for(live.started(), request.app[SETTINGS].speech_wait)
         except TimeoutError:
             raise ApiError(504, "timeout", "the audio is still being generated; try again to collect it") from None
-        if live.state == "generating" and live.length > 0:
+        # A joined WAV or a chaptered mp3 rewrites its first bytes at the end: those wait for the whole file.
+        header_final = live.timeline is None or live.timeline.header_final
+        if live.state == "generating" and live.length > 0 and header_final:
             return await stream_live(request, live, row, {"X-Speccy-File-Id": row.id})
     row = await _wait_ready(request, row)
     try:
